@@ -1,0 +1,58 @@
+# steprune — `make help` lists the targets. Every target installs what it needs by itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch is installed first when no torch is present; a GPU user sets TORCH_SPEC
+# to the build they want (or installs torch into the venv before the first `make`).
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+SWEEP ?= sweeps/stepprune_lambda_gamma_tau.yaml
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-all lint format base train sweep ablate bench eval mlflow-ui clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install steprune with its dev tools (torch CPU build unless one is present)
+
+test: $(STAMP) ## run the fast test suite (what CI runs)
+	$(PY) -m pytest -q $(ARGS)
+
+test-all: $(STAMP) ## run every test, the slow ones included
+	$(PY) -m pytest -q -m "not gpu" $(ARGS)
+
+lint: $(STAMP) ## ruff check
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP) ## ruff format + autofix
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+base: $(STAMP) ## build (or reuse) the tiny LLaVA of the built-in world
+	@echo "make base: not yet — the built-in world's base model lands with issue #3" >&2; exit 1
+
+train: $(STAMP) ## train StepPrune on the built-in world and compare it with the baselines
+	@echo "make train: not yet — StepPrune training lands with issue #5" >&2; exit 1
+
+sweep: $(STAMP) ## run an Optuna sweep (SWEEP=sweeps/....yaml), resumable
+	@echo "make sweep: not yet — sweeps land with issue #6" >&2; exit 1
+
+ablate: $(STAMP) ## run the Table 4 ablation grid over seeds
+	@echo "make ablate: not yet — ablations land with issue #6" >&2; exit 1
+
+bench: $(STAMP) ## FLOPs and latency table for every method (writes reports/bench.json)
+	@echo "make bench: not yet — the efficiency benchmark lands with issue #7" >&2; exit 1
+
+mlflow-ui: $(STAMP) ## open the MLflow UI on the project's tracking database
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000
+
+clean: ## remove caches (keeps .venv and artifacts/)
+	rm -rf .pytest_cache .ruff_cache lightning_logs
