@@ -1,0 +1,228 @@
+"""In-LLM token dropping (FastV, SparseVLM, PyramidDrop, DART) through instance hooks, no patching.
+
+`InLLMPruning` is a context manager that installs forward pre-hooks on the decoder-layer *instances* of
+one model and removes them on exit. Before each drop layer it asks the method which visual tokens to
+keep (given a `LayerView` that computes the attention rows it needs explicitly from that layer's q/k),
+shortens the hidden states, and from then on hands every later layer the matching slice of the causal
+mask and rotary embeddings — in the prefill and in every cached decoding step. The LLM keeps SDPA.
+
+    with InLLMPruning(adapter.decoder, drops, image_slots, attention_mask) as session:
+        logits = model(**spliced.model_kwargs()).logits
+    session.kept_tokens  # visual tokens alive after each drop
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from steprune.pruners.contract import LayerDrop
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x (B, H, S, dh); cos/sin (B, S, dh) as the decoder's rotary module returns them."""
+    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+
+
+@dataclass
+class LayerView:
+    """The sequence entering decoder layer `layer`, and explicit q/k access to the layers before it."""
+
+    layer: int
+    hidden_states: Tensor  # (B, S, D) entering `layer`
+    image_positions: Tensor  # (B, n) long: sequence positions of the visual tokens still alive
+    valid: Tensor  # (B, S) bool: real (non-padding) tokens
+    layer_inputs: dict[int, Tensor]  # layer index -> its input hidden states (same S)
+    position_embeddings: tuple[Tensor, Tensor]  # cos, sin (B, S, dh)
+    decoder: nn.Module
+    flops: list[float] = field(default_factory=lambda: [0.0])
+
+    @property
+    def text_positions(self) -> Tensor:
+        """(B, S) bool: real tokens that are not visual tokens."""
+        is_image = torch.zeros_like(self.valid)
+        is_image.scatter_(1, self.image_positions, True)
+        return self.valid & ~is_image
+
+    def queries_keys(self, layer: int) -> tuple[Tensor, Tensor]:
+        """RoPE'd queries (B, H, S, dh) and keys (B, H, S, dh) (GQA keys repeated) of `layer`."""
+        block = self.decoder.layers[layer]
+        attn = block.self_attn
+        x = block.input_layernorm(self.layer_inputs[layer])  # (B, S, D)
+        b, s, d = x.shape
+        head_dim = attn.head_dim
+        q = attn.q_proj(x).view(b, s, -1, head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(b, s, -1, head_dim).transpose(1, 2)
+        cos, sin = self.position_embeddings
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        self.flops[0] += 2.0 * b * s * d * (q.shape[1] + k.shape[1]) * head_dim
+        return q, k
+
+    def attention_rows(self, layer: int, query_positions: Tensor) -> Tensor:
+        """Softmax attention (B, H, Q, S) of the queries at `query_positions` (B, Q), causal + padding masked."""
+        q, k = self.queries_keys(layer)
+        b, h, s, dh = q.shape
+        index = query_positions.unsqueeze(1).unsqueeze(-1).expand(-1, h, -1, dh)
+        q_rows = q.gather(2, index)  # (B, H, Q, dh)
+        scale = getattr(self.decoder.layers[layer].self_attn, "scaling", 1.0 / math.sqrt(dh))
+        scores = (q_rows.float() @ k.float().transpose(-1, -2)) * scale  # (B, H, Q, S)
+        keys = torch.arange(s, device=q.device)
+        allowed = (keys.view(1, 1, -1) <= query_positions.unsqueeze(-1)) & self.valid.unsqueeze(1)  # (B, Q, S)
+        scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        self.flops[0] += 2.0 * b * h * query_positions.shape[1] * s * dh
+        return scores.softmax(dim=-1)
+
+    def last_token_attention(self, layer: int) -> Tensor:
+        """(B, H, S): attention of the last prompt token (left padding puts it at S - 1)."""
+        b, s = self.valid.shape
+        last = torch.full((b, 1), s - 1, dtype=torch.long, device=self.valid.device)
+        return self.attention_rows(layer, last)[:, :, 0]
+
+    def keys(self, layer: int) -> Tensor:
+        return self.queries_keys(layer)[1]
+
+
+def _gather_seq(x: Tensor, cols: Tensor, dim: int) -> Tensor:
+    """Gather positions `cols` (B, S') along `dim` of x whose dim 0 is the batch."""
+    shape = [1] * x.dim()
+    shape[0], shape[dim] = cols.shape
+    index = cols.view(shape).expand(*[x.shape[i] if i != dim else cols.shape[1] for i in range(x.dim())])
+    return x.gather(dim, index)
+
+
+class InLLMPruning:
+    """Context manager: drop visual tokens inside the LLM at the layers the method names."""
+
+    def __init__(self, decoder: nn.Module, drops: list[LayerDrop], image_slots: Tensor, attention_mask: Tensor):
+        num_layers = len(decoder.layers)
+        for drop in drops:
+            if not 0 < drop.layer < num_layers:
+                raise ValueError(f"in-LLM drop layer {drop.layer} outside 1..{num_layers - 1}")
+        if len({int(n) for n in image_slots.sum(dim=1)}) > 1:
+            raise ValueError("in-LLM pruning needs the same number of visual tokens in every sample")
+        self.decoder = decoder
+        self.drops = {d.layer: d for d in sorted(drops, key=lambda d: d.layer)}
+        self.image_slots = image_slots  # (B, S) bool
+        self.valid = attention_mask.bool()  # (B, S)
+        self.first_drop = min(self.drops) if self.drops else num_layers
+        capture = {layer - 1 for layer in self.drops} | set(self.drops)
+        self.capture_layers = capture
+        self._handles: list[Any] = []
+        self.kept_tokens: list[tuple[int, int]] = []  # (layer, visual tokens alive from it on)
+        self.flops = [0.0]
+        self._reset()
+
+    def _reset(self) -> None:
+        self.full_len: int | None = None
+        self.cols: Tensor | None = None  # (B, S_j) columns of the full prefill kept so far
+        self.image_positions: Tensor | None = None  # (B, n) positions within the current sequence
+        self.layer_inputs: dict[int, Tensor] = {}
+        self.kept_tokens = []
+
+    def __enter__(self) -> InLLMPruning:
+        for index, layer in enumerate(self.decoder.layers):
+            if index in self.capture_layers or index >= self.first_drop:
+                hook = self._make_hook(index)
+                self._handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+        self._handles.append(self.decoder.layers[0].register_forward_pre_hook(self._step_start, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # ------------------------------------------------------------------------------------------------
+    def _step_start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        cache = kwargs.get("past_key_values")
+        is_prefill = self.full_len is None or cache is None or cache.get_seq_length() == 0
+        if is_prefill:
+            self._reset()
+            self.full_len = hidden.shape[1]
+            b = hidden.shape[0]
+            self.cols = torch.arange(self.full_len, device=hidden.device).expand(b, -1)
+            self.image_positions = self.image_slots.nonzero()[:, 1].view(b, -1)
+            self.kept_tokens = [(0, self.image_positions.shape[1])]
+        self._prefill = is_prefill
+
+    def _make_hook(self, index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            args = args[1:] if args else ()
+            if self._prefill:
+                if index in self.capture_layers:
+                    self.layer_inputs[index] = hidden
+                if index in self.drops:
+                    hidden = self._drop(index, hidden, kwargs)
+            if index >= self.first_drop:
+                kwargs = self._slice_kwargs(kwargs, hidden.shape[1])
+            return (hidden, *args), kwargs
+
+        return hook
+
+    def _current_posemb(self, kwargs: dict) -> tuple[Tensor, Tensor]:
+        cos, sin = kwargs["position_embeddings"]
+        if cos.shape[1] == self.cols.shape[1]:
+            return cos, sin
+        return _gather_seq(cos, self.cols, 1), _gather_seq(sin, self.cols, 1)
+
+    def _drop(self, index: int, hidden: Tensor, kwargs: dict) -> Tensor:
+        valid = _gather_seq(self.valid, self.cols, 1)
+        view = LayerView(
+            layer=index,
+            hidden_states=hidden,
+            image_positions=self.image_positions,
+            valid=valid,
+            layer_inputs=self.layer_inputs,
+            position_embeddings=self._current_posemb(kwargs),
+            decoder=self.decoder,
+            flops=self.flops,
+        )
+        with torch.no_grad():
+            chosen = self.drops[index].choose(view)  # (B, k) indices into image_positions
+        b, s = valid.shape
+        chosen_pos = self.image_positions.gather(1, chosen)
+        keep = torch.ones(b, s, dtype=torch.bool, device=hidden.device)
+        keep.scatter_(1, self.image_positions, False)
+        keep.scatter_(1, chosen_pos, True)
+        relative = keep.nonzero()[:, 1].view(b, -1)  # (B, S') sorted
+        is_image = torch.zeros_like(keep)
+        is_image.scatter_(1, chosen_pos, True)
+        self.image_positions = is_image.gather(1, relative).nonzero()[:, 1].view(b, -1)
+        self.cols = self.cols.gather(1, relative)
+        self.kept_tokens.append((index, self.image_positions.shape[1]))
+        return _gather_seq(hidden, relative, 1)
+
+    def _slice_kwargs(self, kwargs: dict, seq_len: int) -> dict:
+        cols = self.cols  # (B, S_j)
+        kwargs = dict(kwargs)
+        if self._prefill:
+            kwargs["position_embeddings"] = self._current_posemb(kwargs)
+            if isinstance(kwargs.get("position_ids"), Tensor) and kwargs["position_ids"].shape[-1] != seq_len:
+                kwargs["position_ids"] = _gather_seq(kwargs["position_ids"].expand(cols.shape[0], -1), cols, 1)
+            key_cols = query_cols = cols
+        else:
+            query_cols = None
+            mask = kwargs.get("attention_mask")
+            total = mask.shape[-1] if isinstance(mask, Tensor) else 0
+            new = torch.arange(self.full_len, max(total, self.full_len), device=cols.device).expand(cols.shape[0], -1)
+            key_cols = torch.cat([cols, new], dim=1)
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, Tensor):
+            if query_cols is not None and mask.shape[-2] != seq_len:
+                mask = _gather_seq(mask.expand(cols.shape[0], *mask.shape[1:]), query_cols, 2)
+            if mask.shape[-1] != key_cols.shape[1]:
+                mask = _gather_seq(mask.expand(cols.shape[0], *mask.shape[1:]), key_cols, 3)
+            kwargs["attention_mask"] = mask
+        return kwargs
