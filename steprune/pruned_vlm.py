@@ -150,9 +150,7 @@ class PrunedVLM:
         return PrunedOutput(out.logits, prepared.result, stages, flops)
 
     @torch.no_grad()
-    def generate(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, **inputs_and_generation: Any
-    ) -> Tensor:
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **inputs_and_generation: Any) -> Tensor:
         """Greedy (or any HF) generation with KV cache; returns only the new tokens (B, T)."""
         vision_keys = {"pixel_values", "image_grid_thw", "mm_token_type_ids", "image_sizes"}
         inputs = {k: v for k, v in inputs_and_generation.items() if k in vision_keys}

@@ -1,9 +1,9 @@
 """A small typed registry with did-you-mean errors (the lm-evaluation-harness pattern).
 
-    from steprune.pruners import PRUNERS
-    @PRUNERS.register("mymethod")
-    class MyPruner(PrePrunerBase): ...
-    PRUNERS.create("mymethod", budget_kwarg=...)
+from steprune.pruners import PRUNERS
+@PRUNERS.register("mymethod")
+class MyPruner(PrePrunerBase): ...
+PRUNERS.create("mymethod", budget_kwarg=...)
 """
 
 from __future__ import annotations

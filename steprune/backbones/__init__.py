@@ -1,7 +1,7 @@
 """Backbone adapters, one per MLLM family, chosen from the model's class.
 
-    from steprune.backbones import adapter_for
-    adapter = adapter_for(model)
+from steprune.backbones import adapter_for
+adapter = adapter_for(model)
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ def adapter_for(model: PreTrainedModel) -> BackboneAdapter:
     for cls in type(model).__mro__:
         if cls.__name__ in ADAPTERS:
             return ADAPTERS[cls.__name__](model)
-    raise TypeError(
-        f"{type(model).__name__} is not supported; steprune adapts {', '.join(sorted(ADAPTERS))}"
-    )
+    raise TypeError(f"{type(model).__name__} is not supported; steprune adapts {', '.join(sorted(ADAPTERS))}")
 
 
 __all__ = ["ADAPTERS", "BackboneAdapter", "LlavaAdapter", "Qwen2_5_VLAdapter", "VisionOutput", "adapter_for"]

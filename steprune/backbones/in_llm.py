@@ -103,7 +103,7 @@ def _gather_seq(x: Tensor, cols: Tensor, dim: int) -> Tensor:
 class InLLMPruning:
     """Context manager: drop visual tokens inside the LLM at the layers the method names."""
 
-    def __init__(self, decoder: nn.Module, drops: list[LayerDrop], image_slots: Tensor, attention_mask: Tensor):
+    def __init__(self, decoder: nn.Module, drops: list[LayerDrop], image_slots: Tensor, attention_mask: Tensor) -> None:
         num_layers = len(decoder.layers)
         for drop in drops:
             if not 0 < drop.layer < num_layers:
@@ -120,21 +120,24 @@ class InLLMPruning:
         self._handles: list[Any] = []
         self.kept_tokens: list[tuple[int, int]] = []  # (layer, visual tokens alive from it on)
         self.flops = [0.0]
+        self._prefill = True
         self._reset()
 
     def _reset(self) -> None:
         self.full_len: int | None = None
         self.cols: Tensor | None = None  # (B, S_j) columns of the full prefill kept so far
+        self.layer_cols: dict[int, Tensor] = {}  # layer -> the prefill columns its KV cache holds
         self.image_positions: Tensor | None = None  # (B, n) positions within the current sequence
         self.layer_inputs: dict[int, Tensor] = {}
         self.kept_tokens = []
 
     def __enter__(self) -> InLLMPruning:
+        first = self.decoder.layers[0]
+        self._handles.append(first.register_forward_pre_hook(self._step_start, with_kwargs=True))  # runs first
         for index, layer in enumerate(self.decoder.layers):
             if index in self.capture_layers or index >= self.first_drop:
                 hook = self._make_hook(index)
                 self._handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
-        self._handles.append(self.decoder.layers[0].register_forward_pre_hook(self._step_start, with_kwargs=True))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -166,13 +169,15 @@ class InLLMPruning:
                 if index in self.drops:
                     hidden = self._drop(index, hidden, kwargs)
             if index >= self.first_drop:
-                kwargs = self._slice_kwargs(kwargs, hidden.shape[1])
+                if self._prefill:
+                    self.layer_cols[index] = self.cols
+                kwargs = self._slice_kwargs(kwargs, hidden.shape[1], self.layer_cols[index])
             return (hidden, *args), kwargs
 
         return hook
 
     def _current_posemb(self, kwargs: dict) -> tuple[Tensor, Tensor]:
-        cos, sin = kwargs["position_embeddings"]
+        cos, sin = kwargs["position_embeddings"]  # (B, S_full, dh) from the decoder, or already sliced
         if cos.shape[1] == self.cols.shape[1]:
             return cos, sin
         return _gather_seq(cos, self.cols, 1), _gather_seq(sin, self.cols, 1)
@@ -204,8 +209,8 @@ class InLLMPruning:
         self.kept_tokens.append((index, self.image_positions.shape[1]))
         return _gather_seq(hidden, relative, 1)
 
-    def _slice_kwargs(self, kwargs: dict, seq_len: int) -> dict:
-        cols = self.cols  # (B, S_j)
+    def _slice_kwargs(self, kwargs: dict, seq_len: int, cols: Tensor) -> dict:
+        """Slice the layer's rotary embeddings / mask to the prefill columns `cols` (B, S_j) it keeps."""
         kwargs = dict(kwargs)
         if self._prefill:
             kwargs["position_embeddings"] = self._current_posemb(kwargs)
@@ -216,7 +221,8 @@ class InLLMPruning:
             query_cols = None
             mask = kwargs.get("attention_mask")
             total = mask.shape[-1] if isinstance(mask, Tensor) else 0
-            new = torch.arange(self.full_len, max(total, self.full_len), device=cols.device).expand(cols.shape[0], -1)
+            new = torch.arange(self.full_len, max(total, self.full_len), device=cols.device)
+            new = new.expand(cols.shape[0], -1)
             key_cols = torch.cat([cols, new], dim=1)
         mask = kwargs.get("attention_mask")
         if isinstance(mask, Tensor):

@@ -39,9 +39,7 @@ class Qwen2_5_VLAdapter(BackboneAdapter):
             raise ValueError("Qwen2.5-VL needs `pixel_values` and `image_grid_thw` from its processor")
         grids = image_grid_thw.tolist()
         if any(g != grids[0] for g in grids):
-            raise ValueError(
-                f"images of different sizes in one batch (grids {grids}): resize them to one size first"
-            )
+            raise ValueError(f"images of different sizes in one batch (grids {grids}): resize them to one size first")
         t, h, w = grids[0]
         vision_cfg = self.model.config.vision_config
         patch_dim = vision_cfg.in_chans * vision_cfg.temporal_patch_size * vision_cfg.patch_size**2

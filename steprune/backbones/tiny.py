@@ -56,9 +56,7 @@ DEFAULT_CORPUS = (
 )
 
 
-def train_tokenizer(
-    texts: Iterable[str], special_tokens: list[str], vocab_size: int = 512
-) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str], special_tokens: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on `texts`; `special_tokens[0..3]` are pad, bos, eos, unk."""
     tok = Tokenizer(models.BPE(unk_token=special_tokens[3]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -160,8 +158,16 @@ def tiny_qwen2_5_vl(
 
     A 32x32 image with patch 4 and merge 2 gives a 4x4 grid of 16 visual tokens.
     """
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>", "<|image_pad|>", "<|video_pad|>",
-                "<|vision_start|>", "<|vision_end|>"]
+    specials = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<unk>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+    ]
     tokenizer = train_tokenizer(corpus, specials)
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=patch_size, merge_size=2, temporal_patch_size=2, min_pixels=16 * 16, max_pixels=64 * 64
@@ -225,9 +231,7 @@ class TinyQwenProcessor:
             messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
-    def __call__(
-        self, images: list, text: list[str], return_tensors: str = "pt", padding: bool = True
-    ) -> BatchFeature:
+    def __call__(self, images: list, text: list[str], return_tensors: str = "pt", padding: bool = True) -> BatchFeature:
         vision = self.image_processor(images=images, return_tensors="pt")
         merge = self.image_processor.merge_size**2
         counts = (vision["image_grid_thw"].prod(-1) // merge).tolist()

@@ -1,8 +1,8 @@
 """Every token-selection method, registered by name behind the one `Pruner` contract.
 
-    from steprune.pruners import PRUNERS
-    PRUNERS.names()                      # ['identity', 'pool', 'random', 'uniform', ...]
-    pruner = PRUNERS.create("random", seed=1)
+from steprune.pruners import PRUNERS
+PRUNERS.names()                      # ['identity', 'pool', 'random', 'uniform', ...]
+pruner = PRUNERS.create("random", seed=1)
 """
 
 from __future__ import annotations

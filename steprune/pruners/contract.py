@@ -90,9 +90,13 @@ class PruneResult:
 
     def __post_init__(self) -> None:
         if self.keep.shape != self.keep_mask.shape or self.keep.dim() != 2:
-            raise ValueError(f"keep {tuple(self.keep.shape)} and keep_mask {tuple(self.keep_mask.shape)} must be (B, K)")
+            raise ValueError(
+                f"keep {tuple(self.keep.shape)} and keep_mask {tuple(self.keep_mask.shape)} must be (B, K)"
+            )
         if self.merged is not None and self.merged.shape[:2] != self.keep.shape:
-            raise ValueError(f"merged {tuple(self.merged.shape)} must be (B, K_max, D) with keep {tuple(self.keep.shape)}")
+            raise ValueError(
+                f"merged {tuple(self.merged.shape)} must be (B, K_max, D) with keep {tuple(self.keep.shape)}"
+            )
 
     @property
     def lengths(self) -> Tensor:  # (B,) long: K per sample

@@ -1,6 +1,6 @@
 """The honest floor: identity (keep all), seeded random, uniform spatial stride, and 2-D pooling ("resize").
 
-    PRUNERS.create("uniform").select(ctx)     # K tokens on a regular stride over the grid
+PRUNERS.create("uniform").select(ctx)     # K tokens on a regular stride over the grid
 """
 
 from __future__ import annotations

@@ -1,0 +1,53 @@
+"""The `steprune` console script: one entry point, one subcommand per job.
+
+steprune --help
+steprune methods                 # every registered pruning method, with its one-line summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from steprune.pruners import PRUNERS
+
+    table = Table(title="steprune pruning methods")
+    for column in ("name", "where", "reads prompt", "adaptive K", "summary"):
+        table.add_column(column)
+    for name in PRUNERS.names():
+        cls = PRUNERS.get(name)
+        in_llm = cls.layer_drops is not PRUNERS.get("identity").layer_drops
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        table.add_row(name, "in LLM" if in_llm else "before LLM", str(cls.reads_text), str(cls.adaptive), summary)
+    Console().print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="steprune",
+        description="Visual-token pruning for multimodal LLMs: StepPrune and the training-free baselines.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    methods = sub.add_parser("methods", help="list the registered pruning methods")
+    methods.set_defaults(func=_methods)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
