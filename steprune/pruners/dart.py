@@ -1,0 +1,138 @@
+"""DART (Wen et al., 2025): keep the visual tokens that *duplicate* least the pivot tokens, inside the LLM.
+
+Where: before decoder layer K (default K=2, given for the 32-layer LLaVA-1.5-7B and scaled to the model's
+depth like FastV's). `select` keeps every token; the one `LayerDrop` does the pruning. No attention weights.
+
+Score / selection, per sample, vectorised over the batch:
+1. Pivots by the L1 norm of the layer K-1 keys (`LayerView.keys(K-1)`: RoPE'd, GQA heads repeated; the
+   norm is taken over heads x head_dim, i.e. over the concatenated heads as the authors do — repeating
+   GQA heads scales every token's norm the same way per KV head and changes no ranking):
+   `image_pivots` (4) visual tokens and `text_pivots` (4) prompt tokens that come **after** the image
+   (`view.text_positions` past the last visual token: the question and the answer prefix).
+2. Features: the decoder's final `norm` applied to the hidden states entering layer K, L2-normalised.
+3. Pivots are visited in sequence order (image pivots, then text pivots). Each pivot takes the visual
+   tokens **least** cosine-similar to it from a shrinking pool (visual tokens neither pivots nor taken by
+   an earlier pivot). Ties go to the lower token index (stable sort).
+
+Budget (exactly `budget` visual tokens survive): the image pivots are kept and count towards it; the text
+pivots are text and always stay. The remaining `budget - image_pivots` slots are split evenly over all
+pivots, the remainder going one each to the first pivots. With budget < 4 only `budget` image pivots.
+
+Text-free mode (`ctx.text_free`): no text pivots; the image pivots share all slots. Under causal
+attention the visual tokens' keys and hidden states never see the text after the image, so the choice
+is then independent of the question.
+
+Differences from the authors' code (`get_retained_image_token`, LLaVA `modeling_llama.py`):
+- they keep `4 + 8 * (M // 8)` image tokens (image pivots on top of M // 8 per pivot); we keep exactly M;
+- they iterate the pivots as a Python `set` (incidental order); we visit them in sequence order;
+- hard-coded image offsets and batch size 1 (`any_states[0]`) become per-sample positions on a padded batch;
+  if some sample has fewer than 4 prompt tokens after the image, every sample uses that smaller count
+  (in-LLM drops keep one count per batch);
+- K=2 is scaled with the model's depth (`reference_layers=None` makes `layer` absolute).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from steprune.backbones.in_llm import LayerView
+from steprune.pruners.contract import LayerDrop, PruneContext, PruneResult
+from steprune.pruners.fastv import scale_layer, top_indices
+from steprune.pruners.registry import PRUNERS
+
+
+def pivot_shares(budget: int, image_pivots: int, text_pivots: int) -> list[int]:
+    """Visual tokens each pivot adds (image pivots first), so that pivots + shares == budget."""
+    pivots = image_pivots + text_pivots
+    base, rem = divmod(budget - image_pivots, pivots)
+    return [base + (j < rem) for j in range(pivots)]
+
+
+def least_similar_greedy(features: Tensor, pivots: Tensor, shares: list[int], taken: Tensor) -> Tensor:
+    """Each pivot (in order) takes its `shares[j]` least cosine-similar tokens still in the pool.
+
+    features (B, n, D) and pivots (B, P, D) L2-normalised; taken (B, n) bool, updated in place.
+    Returns the chosen token indices (B, sum(shares)).
+    """
+    chosen = []
+    for j, share in enumerate(shares):  # inherently sequential: the pool shrinks
+        if share == 0:
+            continue
+        cos = (features @ pivots[:, j].unsqueeze(-1)).squeeze(-1)  # (B, n)
+        cos = cos.masked_fill(taken, float("inf"))
+        pick = torch.sort(cos, dim=1, stable=True).indices[:, :share]  # (B, share) least similar first
+        taken.scatter_(1, pick, True)
+        chosen.append(pick)
+    return torch.cat(chosen, dim=1) if chosen else features.new_zeros(features.shape[0], 0, dtype=torch.long)
+
+
+@PRUNERS.register("dart")
+class DARTPruner:
+    """Drop duplicated visual tokens before layer K: keep those least similar to 8 key-norm pivots."""
+
+    reads_text = True
+    adaptive = False
+
+    def __init__(
+        self, layer: int = 2, image_pivots: int = 4, text_pivots: int = 4, reference_layers: int | None = 32
+    ) -> None:
+        if layer < 1 or image_pivots < 1 or text_pivots < 0:
+            raise ValueError(
+                f"need layer >= 1, image_pivots >= 1, text_pivots >= 0; got {layer}, {image_pivots}, {text_pivots}"
+            )
+        self.layer = layer
+        self.image_pivots = image_pivots
+        self.text_pivots = text_pivots
+        self.reference_layers = reference_layers
+
+    def select(self, ctx: PruneContext) -> PruneResult:
+        return PruneResult.keep_all(ctx.batch_size, ctx.num_tokens, ctx.device)
+
+    def layer_drops(self, ctx: PruneContext, num_layers: int) -> list[LayerDrop]:
+        layer = scale_layer(self.layer, num_layers, self.reference_layers)
+        budget = ctx.budget
+        text_pivots = 0 if ctx.text_free else self.text_pivots
+        return [LayerDrop(layer, lambda view: self.choose(view, layer, budget, text_pivots))]
+
+    def choose(self, view: LayerView, layer: int, budget: int, text_pivots: int) -> Tensor:
+        """(B, budget) indices into `view.image_positions`."""
+        positions = view.image_positions  # (B, n)
+        b, n = positions.shape
+        budget = min(budget, n)
+        keys = view.keys(layer - 1)  # (B, H, S, dh)
+        norms = keys.float().abs().sum(dim=(1, 3))  # (B, S) L1 over heads x head_dim
+        s = norms.shape[1]
+        image_pivots = min(self.image_pivots, budget)
+        image_pivot = top_indices(norms.gather(1, positions), image_pivots)  # (B, P_i) into the visual tokens
+        image_pivot = image_pivot.sort(dim=1).values  # sequence order
+        # prompt tokens after the image span
+        after = torch.arange(s, device=norms.device).view(1, -1) > positions[:, -1:]  # (B, S)
+        text = view.text_positions & after
+        text_pivots = min(text_pivots, int(text.sum(dim=1).min()))
+        text_pivot = top_indices(norms.masked_fill(~text, float("-inf")), text_pivots).sort(dim=1).values
+
+        norm = view.decoder.norm
+        hidden = view.hidden_states  # (B, S, D) entering `layer`
+        d = hidden.shape[-1]
+        image_feat = F.normalize(norm(hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, d))).float(), dim=-1)
+        text_feat = F.normalize(norm(hidden.gather(1, text_pivot.unsqueeze(-1).expand(-1, -1, d))).float(), dim=-1)
+        image_pivot_feat = image_feat.gather(1, image_pivot.unsqueeze(-1).expand(-1, -1, d))
+        pivots = torch.cat([image_pivot_feat, text_feat], dim=1)  # (B, P, D)
+
+        taken = torch.zeros(b, n, dtype=torch.bool, device=positions.device)
+        taken.scatter_(1, image_pivot, True)
+        shares = pivot_shares(budget, image_pivots, text_pivots)
+        picked = least_similar_greedy(image_feat, pivots, shares, taken)  # (B, budget - P_i)
+        # FLOPs beyond the q/k projections the view counts: key L1 norms, norm + normalise, cosines
+        h, dh = keys.shape[1], keys.shape[3]
+        steps = sum(map(bool, shares))
+        view.flops[0] += float(b * s * h * dh + 6 * b * (n + text_pivots) * d + 2 * b * n * d * steps)
+        return torch.cat([image_pivot, picked], dim=1)
+
+    def __repr__(self) -> str:
+        return (
+            f"DARTPruner(layer={self.layer}, image_pivots={self.image_pivots}, text_pivots={self.text_pivots}, "
+            f"reference_layers={self.reference_layers})"
+        )

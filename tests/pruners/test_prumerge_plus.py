@@ -1,0 +1,154 @@
+"""PruMerge+: adaptive keep + merge == a naive loop (numpy quartiles), ragged K, eager CLS attention, generate."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import torch.nn.functional as F
+
+from steprune.backbones.tiny import tiny_llava, tiny_qwen2_5_vl
+from steprune.pruned_vlm import PrunedVLM
+from steprune.pruners import PRUNERS, PruneContext
+from steprune.pruners.prumerge_plus import PruMergePlusPruner
+
+QUESTIONS = ("What colour is it?", "How many objects are there in the whole scene today?")
+
+
+def make_inputs(processor, size: int, questions=QUESTIONS, seed: int = 0):
+    """A left-padded batch of 2 (prompts of different lengths), one random image per prompt."""
+    rng = np.random.default_rng(seed)
+    images = [PIL.Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in questions]
+    msgs = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}] for q in questions]
+    texts = [processor.apply_chat_template(m, add_generation_prompt=True) for m in msgs]
+    return processor(images=images, text=texts, return_tensors="pt", padding=True)
+
+
+def naive_prumerge_plus(attn, keys, tokens, budget, neighbours=32):
+    """Per sample, plain Python: attn (B, N) scores, keys (B, N, Dk) without CLS, tokens (B, N, D).
+
+    Returns [(sorted kept indices, {index: merged feature})] per sample.
+    """
+    out = []
+    for b in range(attn.shape[0]):
+        a = [float(v) for v in attn[b]]
+        n = len(a)
+        q1, q3 = np.percentile(np.array(a), [25, 75])
+        outliers = [i for i in range(n) if a[i] > q3 + 1.5 * (q3 - q1)]
+        if len(outliers) >= budget:
+            kept = sorted(sorted(range(n), key=lambda i: (-a[i], i))[:budget])
+        else:
+            stride = max((n // max(len(outliers), 1)) // 3, 1)
+            stride = max(stride, math.ceil(n / (budget - len(outliers))))
+            kept = sorted(set(outliers) | set(range(0, n, stride)))
+        assert len(kept) <= budget
+        total = sum(a)
+        merged = {}
+        for i in kept:
+            sims = {j: float(F.cosine_similarity(keys[b, i], keys[b, j], dim=0)) for j in range(n) if j != i}
+            peers = sorted(sims, key=lambda j: (-sims[j], j))[: min(neighbours, n - 1)]
+            merged[i] = tokens[b, i] + sum(a[j] / total * tokens[b, j] for j in peers)
+        out.append((kept, merged))
+    return out
+
+
+def assert_matches(result, ref):
+    for b, (kept, merged) in enumerate(ref):
+        got = result.keep[b][result.keep_mask[b]].tolist()
+        assert got == kept
+        for slot, i in enumerate(got):
+            torch.testing.assert_close(result.merged[b, slot], merged[i].to(result.merged.dtype), atol=1e-5, rtol=1e-5)
+        assert bool((result.merged[b, len(got) :] == 0).all())
+
+
+class FakeAccess:
+    """Given CLS attention (B, N) and keys (B, H, 1 + N, dh), as a CLIP tower would return them."""
+
+    has_cls = True
+
+    def __init__(self, attn, keys) -> None:
+        self._attn, self._keys = attn, keys
+
+    def cls_attention(self, layer=-2, reduce="sum"):
+        assert (layer, reduce) == (-1, "mean")
+        return self._attn
+
+    def keys(self, layer):
+        assert layer == -1
+        return self._keys
+
+
+def fake_context(budget, n=64, d=8):
+    g = torch.Generator().manual_seed(0)
+    attn = torch.rand(2, n, generator=g) * 0.01
+    attn[0, [5, 40, 41]] += 0.5  # 3 outliers
+    attn[1, [1, 2, 3, 9, 20, 30, 50, 63]] += torch.linspace(0.2, 0.9, 8)  # 8 outliers
+    attn[0, 7] = attn[0, 8]  # a tie
+    attn = attn / attn.sum(dim=1, keepdim=True) * 0.9  # CLS keeps 10% on itself
+    keys = torch.randn(2, 2, 1 + n, 4, generator=g)
+    tokens = torch.randn(2, n, d, generator=g)
+    ctx = PruneContext(
+        image_tokens=tokens,
+        vision_features=tokens,
+        text_embeds=torch.zeros(2, 3, d),
+        text_mask=torch.ones(2, 3, dtype=torch.bool),
+        budget=budget,
+        grid=(8, 8),
+        vision=FakeAccess(attn, keys),
+    )
+    return ctx, attn, keys[:, :, 1:].transpose(1, 2).flatten(2), tokens
+
+
+@pytest.mark.parametrize("budget", [40, 12, 5])
+def test_matches_naive_with_ragged_k(budget):
+    ctx, attn, keys, tokens = fake_context(budget)
+    result = PruMergePlusPruner().select(ctx)
+    ref = naive_prumerge_plus(attn, keys, tokens, budget)
+    assert_matches(result, ref)
+    assert result.extras["num_outliers"].tolist() == [3, 8]
+    if budget == 40:  # 3 outliers + stride 7 vs 8 outliers + stride 2 (room-capped): different K
+        assert result.lengths.tolist() == [len(ref[0][0]), len(ref[1][0])]
+        assert result.lengths[0] != result.lengths[1]
+    assert bool((result.lengths <= budget).all())
+    assert PruMergePlusPruner.adaptive and not PruMergePlusPruner.reads_text
+    assert result.selection_flops > 0
+
+
+@pytest.fixture(scope="module")
+def llava64():
+    return tiny_llava(image_size=64)  # N = 64
+
+
+def test_llava_matches_naive_on_eager_cls_attention(llava64):
+    model, processor = llava64
+    batch = make_inputs(processor, 64)
+    vlm = PrunedVLM(model, processor, method="prumerge_plus", budget=32)
+    prepared = vlm.prepare(**batch)
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        vt = eager.model.vision_tower(batch["pixel_values"], output_hidden_states=True, output_attentions=True)
+        attn = vt.attentions[-1][:, :, 0, 1:].mean(dim=1)  # (B, N) CLS row, mean over heads
+        tower = eager.model.vision_tower
+        last = (tower.vision_model if hasattr(tower, "vision_model") else tower).encoder.layers[-1]
+        keys = last.self_attn.k_proj(last.layer_norm1(vt.hidden_states[-2]))[:, 1:]  # (B, N, D_v), CLS dropped
+        tokens = eager.model.multi_modal_projector(vt.hidden_states[-2][:, 1:])  # (B, N, D_llm)
+    assert_matches(prepared.result, naive_prumerge_plus(attn, keys, tokens, 32))
+    new = vlm.generate(**batch, max_new_tokens=3)
+    assert new.shape == (2, 3)
+
+
+def test_qwen_substitute_matches_naive_and_generates():
+    model, processor = tiny_qwen2_5_vl()
+    batch = make_inputs(processor, 32)
+    vlm = PrunedVLM(model, processor, method="prumerge_plus", budget=8)
+    prepared = vlm.prepare(**batch)
+    x = prepared.context.image_tokens.float()  # (B, N, D): the merged tokens
+    attn = (x @ x.transpose(1, 2) / math.sqrt(x.shape[-1])).softmax(dim=-1).mean(dim=1)  # attention received
+    assert_matches(prepared.result, naive_prumerge_plus(attn, x, x, 8))
+    assert vlm.generate(**batch, max_new_tokens=3).shape == (2, 3)
+    assert "prumerge_plus" in PRUNERS
