@@ -48,8 +48,8 @@ sweep: $(STAMP) ## run an Optuna sweep (SWEEP=sweeps/....yaml), resumable
 ablate: $(STAMP) ## run the Table 4 ablation grid over seeds
 	@echo "make ablate: not yet — ablations land with issue #6" >&2; exit 1
 
-bench: $(STAMP) ## FLOPs and latency table for every method (writes reports/bench.json)
-	@echo "make bench: not yet — the efficiency benchmark lands with issue #7" >&2; exit 1
+bench: $(STAMP) ## FLOPs + prefill latency of every method at 192/128/64 tokens (ARGS="--config llava-7b" on a GPU)
+	$(PY) -m steprune.eval.bench $(ARGS)
 
 mlflow-ui: $(STAMP) ## open the MLflow UI on the project's tracking database
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000

@@ -5,6 +5,8 @@ PRUNERS.create("uniform").select(ctx)     # K tokens on a regular stride over th
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -48,24 +50,20 @@ class UniformPruner(PrePrunerBase):
         return PruneResult.from_indices(index.expand(ctx.batch_size, -1).clone())
 
 
-def pooled_grid(rows: int, cols: int, budget: int) -> tuple[int, int]:
-    """The (h, w) with h * w == budget, h <= rows, w <= cols, whose aspect is closest to the grid's."""
-    best: tuple[float, int, int] | None = None
-    for h in range(1, budget + 1):
-        if budget % h or h > rows or budget // h > cols:
-            continue
-        w = budget // h
-        score = abs(torch.tensor(h / w).log().item() - torch.tensor(rows / cols).log().item())
-        if best is None or score < best[0]:
-            best = (score, h, w)
-    if best is None:
-        raise ValueError(f"budget {budget} cannot be laid out as an h x w grid inside {rows} x {cols}")
-    return best[1], best[2]
+def pooled_grid(rows: int, cols: int, budget: int) -> tuple[int, int] | None:
+    """The (h, w) with h * w == budget, h <= rows, w <= cols, whose aspect is closest to the grid's; None if none."""
+    options = [(h, budget // h) for h in range(1, budget + 1) if budget % h == 0 and h <= rows and budget // h <= cols]
+    if not options:
+        return None
+    return min(options, key=lambda hw: abs(math.log(hw[0] / hw[1]) - math.log(rows / cols)))
 
 
 @PRUNERS.register("pool")
 class PoolPruner(PrePrunerBase):
     """2-D adaptive average pooling of the projected tokens to an h x w grid with h * w = K ("resize").
+
+    When K has no h x w layout inside the grid (a prime K on a square grid), the row-major sequence is
+    pooled to K instead (1-D adaptive pooling) — documented fallback, still exactly K tokens.
 
     The pooled token of each cell replaces the cell's centre token, whose index (and so position) it
     takes. Pooling happens after the projector (the same code path for every family); resizing the
@@ -74,8 +72,17 @@ class PoolPruner(PrePrunerBase):
 
     def select(self, ctx: PruneContext) -> PruneResult:
         rows, cols = ctx.grid
-        h, w = pooled_grid(rows, cols, ctx.budget)
         b, n, d = ctx.image_tokens.shape
+        layout = pooled_grid(rows, cols, ctx.budget)
+        if layout is None:  # e.g. a prime budget on a square grid: pool the row-major sequence instead
+            merged = F.adaptive_avg_pool1d(ctx.image_tokens.transpose(1, 2).float(), ctx.budget)
+            merged = merged.transpose(1, 2).to(ctx.image_tokens.dtype)  # (B, K, D)
+            k = torch.arange(ctx.budget, device=ctx.device)
+            index = ((k * n // ctx.budget) + ((k + 1) * n + ctx.budget - 1) // ctx.budget - 1) // 2
+            return PruneResult.from_indices(
+                index.expand(b, -1).clone(), merged=merged, selection_flops=float(b * n * d)
+            )
+        h, w = layout
         grid = ctx.image_tokens.transpose(1, 2).reshape(b, d, rows, cols)
         pooled = F.adaptive_avg_pool2d(grid.float(), (h, w)).to(ctx.image_tokens.dtype)  # (B, D, h, w)
         merged = pooled.flatten(2).transpose(1, 2)  # (B, K, D)
