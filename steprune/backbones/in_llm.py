@@ -53,30 +53,44 @@ class LayerView:
         is_image.scatter_(1, self.image_positions, True)
         return self.valid & ~is_image
 
+    def _normed_input(self, layer: int) -> Tensor:
+        block = self.decoder.layers[layer]
+        return block.input_layernorm(self.layer_inputs[layer])  # (B, S, D)
+
+    def _project(self, layer: int, x: Tensor, which: str, rows: Tensor | None = None) -> Tensor:
+        """RoPE'd q or k (B, H, R, dh) of `layer` for the rows (B, R) of x (all rows when None)."""
+        attn = self.decoder.layers[layer].self_attn
+        cos, sin = self.position_embeddings
+        if rows is not None:
+            x = x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+            cos = cos.gather(1, rows.unsqueeze(-1).expand(-1, -1, cos.shape[-1]))
+            sin = sin.gather(1, rows.unsqueeze(-1).expand(-1, -1, sin.shape[-1]))
+        proj = attn.q_proj if which == "q" else attn.k_proj
+        b, r, d = x.shape
+        out = proj(x).view(b, r, -1, attn.head_dim).transpose(1, 2)
+        self.flops[0] += 2.0 * b * r * d * out.shape[1] * attn.head_dim
+        return apply_rope(out, cos, sin)
+
     def queries_keys(self, layer: int) -> tuple[Tensor, Tensor]:
         """RoPE'd queries (B, H, S, dh) and keys (B, H, S, dh) (GQA keys repeated) of `layer`."""
-        block = self.decoder.layers[layer]
-        attn = block.self_attn
-        x = block.input_layernorm(self.layer_inputs[layer])  # (B, S, D)
-        b, s, d = x.shape
-        head_dim = attn.head_dim
-        q = attn.q_proj(x).view(b, s, -1, head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(b, s, -1, head_dim).transpose(1, 2)
-        cos, sin = self.position_embeddings
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-        self.flops[0] += 2.0 * b * s * d * (q.shape[1] + k.shape[1]) * head_dim
-        return q, k
+        x = self._normed_input(layer)
+        q, k = self._project(layer, x, "q"), self._project(layer, x, "k")
+        return q, k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
 
     def attention_rows(self, layer: int, query_positions: Tensor) -> Tensor:
-        """Softmax attention (B, H, Q, S) of the queries at `query_positions` (B, Q), causal + padding masked."""
-        q, k = self.queries_keys(layer)
-        b, h, s, dh = q.shape
-        index = query_positions.unsqueeze(1).unsqueeze(-1).expand(-1, h, -1, dh)
-        q_rows = q.gather(2, index)  # (B, H, Q, dh)
+        """Softmax attention (B, H, Q, S) of the queries at `query_positions` (B, Q), causal + padding masked.
+
+        Only the Q query rows are projected; keys are projected for the whole sequence.
+        """
+        x = self._normed_input(layer)
+        q_rows = self._project(layer, x, "q", query_positions)  # (B, H, Q, dh)
+        k = self._project(layer, x, "k")
+        k = k.repeat_interleave(q_rows.shape[1] // k.shape[1], dim=1)  # (B, H, S, dh)
+        b, h, _, dh = q_rows.shape
+        s = k.shape[2]
         scale = getattr(self.decoder.layers[layer].self_attn, "scaling", 1.0 / math.sqrt(dh))
         scores = (q_rows.float() @ k.float().transpose(-1, -2)) * scale  # (B, H, Q, S)
-        keys = torch.arange(s, device=q.device)
+        keys = torch.arange(s, device=k.device)
         allowed = (keys.view(1, 1, -1) <= query_positions.unsqueeze(-1)) & self.valid.unsqueeze(1)  # (B, Q, S)
         scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
         self.flops[0] += 2.0 * b * h * query_positions.shape[1] * s * dh
@@ -165,9 +179,10 @@ class InLLMPruning:
             args = args[1:] if args else ()
             if self._prefill:
                 if index in self.capture_layers:
-                    self.layer_inputs[index] = hidden
+                    self.layer_inputs[index] = hidden  # what a drop at this very layer reads
                 if index in self.drops:
                     hidden = self._drop(index, hidden, kwargs)
+                    self.layer_inputs[index] = hidden  # what later drops read: the same length as their view
             if index >= self.first_drop:
                 if self._prefill:
                     self.layer_cols[index] = self.cols

@@ -33,9 +33,15 @@ class ClipVisionAccess:
     def __init__(self, hidden_states: tuple[Tensor, ...], layers: nn.ModuleList) -> None:
         self.hidden_states = hidden_states  # each (B, 1 + N, D_v)
         self.layers = layers
+        self._qk_cache: dict[int, tuple[Tensor, Tensor]] = {}  # per-instance: one batch's projections
 
     def _qk(self, layer: int) -> tuple[Tensor, Tensor]:
         index = layer % len(self.layers)
+        if index not in self._qk_cache:
+            self._qk_cache[index] = self._project(index)
+        return self._qk_cache[index]
+
+    def _project(self, index: int) -> tuple[Tensor, Tensor]:
         block = self.layers[index]
         attn = block.self_attn
         x = block.layer_norm1(self.hidden_states[index])  # (B, S, D)
