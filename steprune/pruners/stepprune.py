@@ -1,0 +1,108 @@
+"""StepPrune at inference: the trained pointer selector picks an adaptive number of visual tokens.
+
+    PrunedVLM(model, processor, method="steprune", weights="runs/selector.safetensors")
+    PRUNERS.create("steprune", weights="selector.safetensors", t_max=64).select(ctx)
+
+The selector (`steprune.selector.StepPruneSelector`) reads the vision-space features and the prompt's word
+embeddings, runs its pointer loop until STOP (or T_max), and the chosen tokens go to the LLM in spatial
+order: K differs per sample (ragged result). `ctx.budget` is not used: the policy decides K; compare it
+with fixed-budget methods at the same *mean* K.
+
+Choices where the specification is open:
+* The text gate alpha is 1 at inference (the end of its annealing).
+* `ctx.text_free` passes an empty prompt (L = 0), so the encoder sees the image alone.
+* `selection_flops` is analytic and per sample: each sample's real prompt length and its own number of
+  pointer steps (K + 1 with the STOP step, or T_max), summed over the batch; the batched loop's
+  padded steps are not counted.
+* `allow_random=True` (tests only) builds an untrained selector on the first batch, sized from the
+  context's widths (d_model = D_v), seeded by `seed` without touching the global RNG.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from steprune.pruners.contract import PrePrunerBase, PruneContext, PruneResult
+from steprune.pruners.registry import PRUNERS
+from steprune.selector.selector import StepPruneSelector
+
+HOW_TO_TRAIN = (
+    "train one with `make train` (which saves the selector as a .safetensors file) and pass "
+    "weights='path/to/selector.safetensors'"
+)
+
+
+def _heads(width: int) -> int:
+    return next(h for h in (8, 4, 2, 1) if width % h == 0)
+
+
+@PRUNERS.register("steprune")
+class StepPrunePruner(PrePrunerBase):
+    """Adaptive-K pointer selection with a trained StepPrune selector (safetensors weights)."""
+
+    reads_text = True
+    adaptive = True
+
+    def __init__(
+        self,
+        weights: str | None = None,
+        tau: float = 1.0,
+        t_max: int | None = None,
+        allow_random: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if weights is None and not allow_random:
+            raise ValueError(
+                f"the 'steprune' method needs trained selector weights: {HOW_TO_TRAIN}. "
+                "(allow_random=True builds an untrained selector, for tests only.)"
+            )
+        if t_max is not None and (isinstance(t_max, bool) or not isinstance(t_max, int) or t_max < 1):
+            raise ValueError(f"t_max must be a positive int or None (the selector's own), got {t_max!r}")
+        self.weights = weights
+        self.tau = tau
+        self.t_max = t_max
+        self.allow_random = allow_random
+        self.seed = seed
+        self._selector: StepPruneSelector | None = None
+        if weights is not None:
+            try:
+                self._selector = StepPruneSelector.load(weights)
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"{error}: {HOW_TO_TRAIN}") from error
+
+    def selector(self, ctx: PruneContext) -> StepPruneSelector:
+        """The selector on the context's device and dtype, checked against its widths."""
+        d_vision, d_text = ctx.vision_features.shape[-1], ctx.text_embeds.shape[-1]
+        if self._selector is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                heads = _heads(d_vision)
+                self._selector = StepPruneSelector(
+                    d_vision, d_text, encoder_heads=heads, decoder_heads=heads, denoiser_heads=heads
+                )
+        config = self._selector.config
+        if (config["d_vision"], config["d_text"]) != (d_vision, d_text):
+            source = self.weights or "the random selector"
+            raise ValueError(
+                f"{source} was built for vision width {config['d_vision']} and text width {config['d_text']}, "
+                f"but this backbone gives {d_vision} and {d_text}"
+            )
+        self._selector = self._selector.to(device=ctx.device, dtype=ctx.vision_features.dtype).eval()
+        return self._selector
+
+    def select(self, ctx: PruneContext) -> PruneResult:
+        selector = self.selector(ctx)
+        text, text_mask = ctx.text_embeds, ctx.text_mask
+        if ctx.text_free:
+            text, text_mask = text[:, :0], text_mask[:, :0]
+        b, n = ctx.batch_size, ctx.num_tokens
+        t_max = self.t_max if self.t_max is not None else (selector.t_max or n)
+        if t_max > n:
+            raise ValueError(f"t_max={t_max} exceeds the {n} visual tokens of this backbone (a token is chosen once)")
+        selection = selector.select(ctx.vision_features, text, text_mask, tau=self.tau, t_max=t_max)
+        counts = torch.zeros(b, n, dtype=torch.long, device=ctx.device)
+        chosen = counts.scatter_add_(1, selection.keep, selection.keep_mask.long()) > 0  # (B, N)
+        lengths = selection.lengths.tolist()
+        text_lengths = text_mask.sum(dim=1).tolist()
+        flops = sum(selector.flops(n, int(tl), min(k + 1, t_max)) for k, tl in zip(lengths, text_lengths, strict=True))
+        return PruneResult.from_mask(chosen, selection_flops=flops, k=selection.lengths)

@@ -1,0 +1,150 @@
+"""StepPrune's pointer decoder: the memory with the learned STOP and the selection loop (methods.md §1.1.2-3, §1.2).
+
+One visual token is chosen per step, conditioned on the tokens chosen before; choosing STOP (index N of
+the memory) ends a sample's episode, so K is decided per input.
+
+    dec = PointerDecoder(d_model=256, num_layers=2, num_heads=8)
+    out = dec(h, t_max=64, tau=1.0)        # h: (B, N, D) encoder output
+    out.chosen[out.chosen_mask]            # chosen visual tokens in choice order; out.lengths = K per sample
+
+The loop is the one of methods.md §1.2, batched: samples that have chosen STOP keep running (their
+action is forced to STOP, so they mark nothing) until every sample stopped or T_max steps ran; their
+later steps carry `step_valid = False` and are ignored. Each step runs one new query through the layers
+with a key/value cache of the earlier steps' self-attention.
+
+Choices where the specification is open:
+* The pointer projection W_p is single-head and bias-free: `u_t = (W_q LN(h_t)) . (W_k M)^T / sqrt(D)`,
+  with h_t the last layer's output for the current query after a final LayerNorm.
+* Cross-attention attends to all of M (chosen tokens included); the log-space mask acts on the pointer
+  logits only. STOP is never masked.
+* No step (position) embedding in the decoder: conditioning comes from the causal attention over the
+  chosen embeddings themselves.
+* q_0 and s are initialised with unit-variance entries, the scale of the LayerNormed memory H.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from steprune.selector.encoder import MLP
+
+
+@dataclass(frozen=True)
+class PointerOutput:
+    """The selection trajectory of a batch. T = steps actually run (<= T_max)."""
+
+    actions: Tensor  # (B, T) long: the hard choice per step; N = STOP (also forced after a sample stopped)
+    pi: Tensor  # (B, T, N+1) pointer distributions softmax((u_t + mask_t) / tau), differentiable
+    step_valid: Tensor  # (B, T) bool: the sample was still running at this step (its STOP step included)
+    chosen: Tensor  # (B, T_max) long: chosen visual tokens in choice order, padded with 0
+    chosen_mask: Tensor  # (B, T_max) bool: True on real entries of `chosen`
+    lengths: Tensor  # (B,) long: K, visual tokens chosen before STOP (or T_max)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.pi.shape[-1] - 1
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm decoder layer for one new query: cached causal self-attention, cross-attention to M, MLP."""
+
+    def __init__(self, d_model: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.norm_self = nn.LayerNorm(d_model)
+        self.self_qkv = nn.Linear(d_model, 3 * d_model)
+        self.self_out = nn.Linear(d_model, d_model)
+        self.norm_cross = nn.LayerNorm(d_model)
+        self.cross_q = nn.Linear(d_model, d_model)
+        self.cross_kv = nn.Linear(d_model, 2 * d_model)
+        self.cross_out = nn.Linear(d_model, d_model)
+        self.norm_mlp = nn.LayerNorm(d_model)
+        self.mlp = MLP(d_model, mlp_ratio)
+
+    def _heads(self, x: Tensor) -> Tensor:  # (B, S, D) -> (B, H, S, D/H)
+        b, s, d = x.shape
+        return x.view(b, s, self.num_heads, d // self.num_heads).transpose(1, 2)
+
+    def memory_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values of M, computed once per episode: 2 x (B, H, N+1, D/H)."""
+        k, v = self.cross_kv(memory).chunk(2, dim=-1)
+        return self._heads(k), self._heads(v)
+
+    def step(
+        self, x: Tensor, cache: tuple[Tensor, Tensor] | None, memory_kv: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        b, d = x.shape  # (B, D): the current query only
+        q, k, v = (self._heads(t) for t in self.self_qkv(self.norm_self(x))[:, None].chunk(3, dim=-1))
+        if cache is not None:  # keys/values of the earlier steps: (B, H, t-1, D/H)
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        # one query over the steps so far (itself included): causal by construction, no mask needed
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, H, 1, D/H)
+        x = x + self.self_out(a.transpose(1, 2).reshape(b, d))
+        q = self._heads(self.cross_q(self.norm_cross(x))[:, None])
+        c = F.scaled_dot_product_attention(q, *memory_kv)  # (B, H, 1, D/H)
+        x = x + self.cross_out(c.transpose(1, 2).reshape(b, d))
+        return x + self.mlp(self.norm_mlp(x)), (k, v)
+
+
+class PointerDecoder(nn.Module):
+    """Learned START q_0 and STOP s, `num_layers` decoder layers, and the single-head pointer projection."""
+
+    def __init__(self, d_model: int, num_layers: int = 2, num_heads: int = 8, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.start = nn.Parameter(torch.randn(d_model))  # q_0
+        self.stop = nn.Parameter(torch.randn(d_model))  # s, memory slot N
+        self.layers = nn.ModuleList(DecoderLayer(d_model, num_heads, mlp_ratio) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.pointer_q = nn.Linear(d_model, d_model, bias=False)  # W_p, query side
+        self.pointer_k = nn.Linear(d_model, d_model, bias=False)  # W_p, key side
+
+    def memory(self, h: Tensor) -> Tensor:
+        """M = [H ; s]: (B, N+1, D)."""
+        return torch.cat([h, self.stop.to(h.dtype).expand(h.shape[0], 1, -1)], dim=1)
+
+    def forward(self, h: Tensor, t_max: int, tau: float = 1.0) -> PointerOutput:
+        b, n, d = h.shape  # (B, N, D)
+        if isinstance(t_max, bool) or not isinstance(t_max, int) or not 1 <= t_max <= n:
+            raise ValueError(f"t_max must be an int in 1..N={n} (a token is never chosen twice), got {t_max!r}")
+        if not tau > 0:
+            raise ValueError(f"the pointer temperature tau must be > 0, got {tau}")
+        memory = self.memory(h)  # (B, N+1, D)
+        memory_kv = [layer.memory_kv(memory) for layer in self.layers]
+        pointer_keys = self.pointer_k(memory)  # (B, N+1, D)
+        log_mask = h.new_zeros(b, n + 1)  # mask_1 = 0
+        e = self.start.to(h.dtype).expand(b, d)  # e_0 = q_0
+        caches: list[tuple[Tensor, Tensor] | None] = [None] * len(self.layers)
+        done = torch.zeros(b, dtype=torch.bool, device=h.device)
+        actions, pis, valids = [], [], []
+        for _ in range(t_max):
+            x = e
+            for i, layer in enumerate(self.layers):
+                x, caches[i] = layer.step(x, caches[i], memory_kv[i])
+            query = self.pointer_q(self.norm(x))  # (B, D)
+            u = torch.einsum("bd,bmd->bm", query, pointer_keys) / math.sqrt(d)  # (B, N+1)
+            pi = torch.softmax((u + log_mask) / tau, dim=-1)  # (B, N+1)
+            action = torch.where(done, n, pi.argmax(dim=-1))  # stopped samples keep choosing STOP
+            onehot = F.one_hot(action, n + 1).to(pi.dtype)
+            y = onehot + pi - pi.detach()  # straight-through: forward hard, backward through pi
+            e = torch.einsum("bm,bmd->bd", y, memory)  # (B, D)
+            log_mask = log_mask.masked_fill(onehot.bool() & (action < n)[:, None], float("-inf"))
+            actions.append(action)
+            pis.append(pi)
+            valids.append(~done)
+            done = done | (action == n)
+            if bool(done.all()):
+                break
+        actions_t = torch.stack(actions, dim=1)  # (B, T)
+        valid_t = torch.stack(valids, dim=1)  # (B, T)
+        picked = valid_t & (actions_t < n)  # (B, T): real visual choices, a prefix of each row
+        chosen = F.pad(actions_t.masked_fill(~picked, 0), (0, t_max - actions_t.shape[1]))
+        chosen_mask = F.pad(picked, (0, t_max - actions_t.shape[1]))
+        return PointerOutput(actions_t, torch.stack(pis, dim=1), valid_t, chosen, chosen_mask, picked.sum(dim=1))

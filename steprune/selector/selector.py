@@ -1,0 +1,239 @@
+"""`StepPruneSelector`: encoder + pointer decoder + surrogate + denoiser, composed (methods.md §1).
+
+    sel = StepPruneSelector(d_vision=1024, d_text=4096, d_model=256, t_max=192)
+    out = sel.forward_train(x_v, text, text_mask, alpha=1.0, tau=1.0, gamma=0.9, beta=10.0, k_bar=64.0)
+    loss = lm_loss(projector(out["features"])) + lam * out["expected_length"].mean() / N
+    keep, keep_mask = sel.select(x_v, text, text_mask)     # inference: hard adaptive-K subset, spatial order
+    sel.save("selector.safetensors"); sel = StepPruneSelector.load("selector.safetensors")
+
+Training (`forward_train`): pointer loop -> soft scores -> g = SoftTopK(s; k_bar, beta) -> noise gate ->
+local denoiser; the frozen MLLM consumes `features` (B, N, D_v) at full length. Inference (`select`): the
+hard pointer choices only, sorted back into spatial order; no noise, no denoiser.
+
+A checkpoint is one safetensors file; its metadata holds the format tag and the constructor arguments as
+JSON, so `load` rebuilds the exact module. Anything unreadable or inconsistent raises a ValueError that
+names the file and the problem.
+
+Choices where the specification is open:
+* `t_max=None` means T_max = N (every token may be chosen); an int must be <= N (checked per call).
+* `k_bar=None` in `forward_train` uses the batch mean of the hard K (the training loop normally passes
+  its running EMA).
+* The denoiser works in the vision width D_v (its output feeds the MLLM's projector).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from steprune.selector.denoiser import LocalDenoiser
+from steprune.selector.encoder import CrossModalEncoder
+from steprune.selector.noise_gate import vp_noise_gate
+from steprune.selector.pointer import PointerDecoder, PointerOutput
+from steprune.selector.scores import AGGREGATIONS, Aggregation, expected_length, soft_scores
+from steprune.selector.soft_topk import sigmoid_topk, soft_topk
+
+FORMAT = "steprune-selector/1"
+Polarisation = Literal["ot", "sigmoid"]
+
+
+class Selection(NamedTuple):
+    keep: Tensor  # (B, K_max) long, sorted ascending over valid entries, padding 0 at the end
+    keep_mask: Tensor  # (B, K_max) bool
+    lengths: Tensor  # (B,) long: K per sample (0 when STOP came first)
+
+
+def spatial_order(chosen: Tensor, chosen_mask: Tensor, num_tokens: int) -> Selection:
+    """Chosen indices in choice order (B, T) -> sorted padded (B, max(K_max, 1)) + mask."""
+    b = chosen.shape[0]
+    counts = torch.zeros(b, num_tokens, dtype=torch.long, device=chosen.device)
+    picked = counts.scatter_add_(1, chosen.masked_fill(~chosen_mask, 0), chosen_mask.long()) > 0  # (B, N)
+    position = torch.arange(num_tokens, device=chosen.device).expand(b, -1)
+    k_max = max(int(picked.sum(dim=1).max()), 1)
+    keep = torch.where(picked, position, position + num_tokens).argsort(dim=1)[:, :k_max]
+    keep_mask = picked.gather(1, keep)
+    return Selection(keep.masked_fill(~keep_mask, 0), keep_mask, keep_mask.sum(dim=1))
+
+
+class StepPruneSelector(nn.Module):
+    """All trainable parts of StepPrune: E (with W_t), the pointer decoder (q_0, s, W_p), the denoiser."""
+
+    def __init__(
+        self,
+        d_vision: int,
+        d_text: int,
+        d_model: int | None = None,
+        encoder_layers: int = 2,
+        encoder_heads: int = 8,
+        causal: bool = False,
+        decoder_layers: int = 2,
+        decoder_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        denoiser_heads: int = 8,
+        denoiser_layer_scale: float = 1e-3,
+        t_max: int | None = None,
+        aggregation: Aggregation = "full",
+        polarisation: Polarisation = "ot",
+        polarisation_iters: int = 100,
+    ) -> None:
+        super().__init__()
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        if polarisation not in ("ot", "sigmoid"):
+            raise ValueError(f"polarisation must be 'ot' or 'sigmoid', got {polarisation!r}")
+        if t_max is not None and (isinstance(t_max, bool) or not isinstance(t_max, int) or t_max < 1):
+            raise ValueError(f"t_max must be a positive int or None (= N), got {t_max!r}")
+        self.config = {
+            "d_vision": d_vision,
+            "d_text": d_text,
+            "d_model": d_model,
+            "encoder_layers": encoder_layers,
+            "encoder_heads": encoder_heads,
+            "causal": causal,
+            "decoder_layers": decoder_layers,
+            "decoder_heads": decoder_heads,
+            "mlp_ratio": mlp_ratio,
+            "denoiser_heads": denoiser_heads,
+            "denoiser_layer_scale": denoiser_layer_scale,
+            "t_max": t_max,
+            "aggregation": aggregation,
+            "polarisation": polarisation,
+            "polarisation_iters": polarisation_iters,
+        }
+        self.t_max = t_max
+        self.aggregation: Aggregation = aggregation
+        self.polarisation: Polarisation = polarisation
+        self.polarisation_iters = polarisation_iters
+        self.encoder = CrossModalEncoder(d_vision, d_text, d_model, encoder_layers, encoder_heads, mlp_ratio, causal)
+        self.decoder = PointerDecoder(self.encoder.d_model, decoder_layers, decoder_heads, mlp_ratio)
+        self.denoiser = LocalDenoiser(d_vision, denoiser_heads, mlp_ratio, denoiser_layer_scale)
+
+    # ------------------------------------------------------------------------------------------------
+    def pointer(
+        self, vision: Tensor, text: Tensor, text_mask: Tensor, alpha: float | Tensor, tau: float, t_max: int | None
+    ) -> PointerOutput:
+        """Encoder + pointer loop: the hard trajectory and its distributions."""
+        h = self.encoder(vision, text, text_mask, alpha)  # (B, N, D)
+        steps = t_max if t_max is not None else (self.t_max if self.t_max is not None else vision.shape[1])
+        return self.decoder(h, steps, tau)
+
+    def forward_train(
+        self,
+        vision: Tensor,
+        text: Tensor,
+        text_mask: Tensor,
+        alpha: float | Tensor = 1.0,
+        tau: float = 1.0,
+        gamma: float = 0.9,
+        beta: float = 10.0,
+        k_bar: float | Tensor | None = None,
+        generator: torch.Generator | None = None,
+        t_max: int | None = None,
+    ) -> dict[str, Tensor]:
+        """The training surrogate of methods.md §1.3 for vision (B, N, D_v), text (B, L, D_llm), text_mask (B, L)."""
+        out = self.pointer(vision, text, text_mask, alpha, tau, t_max)
+        scores = soft_scores(out.pi, out.step_valid, gamma, self.aggregation)  # (B, N)
+        k = out.lengths.to(scores.dtype).mean() if k_bar is None else k_bar
+        if self.polarisation == "ot":
+            g = soft_topk(scores, k, beta, self.polarisation_iters)  # (B, N)
+        else:
+            g = sigmoid_topk(scores, k, beta, self.polarisation_iters)
+        features = self.denoiser(vp_noise_gate(vision, g, generator))  # (B, N, D_v)
+        return {
+            "g": g,
+            "scores": scores,
+            "expected_length": expected_length(out.pi, out.step_valid),  # (B,)
+            "k": out.lengths,  # (B,) hard K
+            "features": features,
+            "pi": out.pi,  # (B, T, N+1)
+            "step_valid": out.step_valid,  # (B, T)
+            "chosen": out.chosen,  # (B, T_max) choice order
+            "chosen_mask": out.chosen_mask,
+        }
+
+    @torch.no_grad()
+    def select(
+        self,
+        vision: Tensor,
+        text: Tensor,
+        text_mask: Tensor,
+        tau: float = 1.0,
+        alpha: float = 1.0,
+        t_max: int | None = None,
+    ) -> Selection:
+        """Inference: the hard adaptive-K subset, sorted into spatial order (tau does not change the argmax)."""
+        out = self.pointer(vision, text, text_mask, alpha, tau, t_max)
+        return spatial_order(out.chosen, out.chosen_mask, vision.shape[1])
+
+    # ------------------------------------------------------------------------------------------------
+    def flops(self, num_tokens: int, text_tokens: int, steps: int) -> float:
+        """Analytic FLOPs of `select` for one sample (multiply-add = 2): encoder + `steps` decoder steps.
+
+        Counts the matmuls (projections, attention scores and weighted sums, MLPs, pointer logits, the
+        feedback y @ M); norms, softmax and activations are ignored, as in `steprune.eval.flops`.
+        """
+        c = self.config
+        d_v, d_t = c["d_vision"], c["d_text"]
+        d = self.encoder.d_model
+        m = int(d * c["mlp_ratio"])
+        mem = num_tokens + 1
+        s = num_tokens + text_tokens
+        macs = text_tokens * d_t * d_v + (0 if d == d_v else s * d_v * d)  # W_t, input projection
+        macs += c["encoder_layers"] * (4 * s * d * d + 2 * s * s * d + 2 * s * d * m)
+        layers = c["decoder_layers"]
+        macs += layers * mem * 2 * d * d + mem * d * d  # cross-attention K/V of M, pointer keys W_k M
+        past = steps * (steps + 1) // 2  # keys attended by the cached self-attention, summed over steps
+        per_step_layer = 4 * d * d + 2 * d * d + 2 * mem * d + 2 * d * m  # self qkv+o, cross q+o, cross attn, MLP
+        macs += layers * (steps * per_step_layer + 2 * past * d)
+        macs += steps * (d * d + 2 * mem * d)  # W_q h_t, logits over M, feedback y_t @ M
+        return 2.0 * macs
+
+    # ------------------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the weights and the constructor arguments to one safetensors file."""
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(tensors, str(path), metadata={"format": FORMAT, "config": json.dumps(self.config)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> StepPruneSelector:
+        """Rebuild a selector saved by `save`; FileNotFoundError if absent, ValueError if corrupt or mismatched."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no StepPrune selector checkpoint at {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        except Exception as error:  # safetensors raises its own error types for corrupt headers
+            raise ValueError(f"{path} is not a readable safetensors file ({error})") from error
+        if metadata.get("format") != FORMAT:
+            raise ValueError(
+                f"{path} is not a StepPrune selector checkpoint: metadata format is "
+                f"{metadata.get('format')!r}, expected {FORMAT!r}"
+            )
+        try:
+            config = json.loads(metadata["config"])
+            with torch.device("meta"):
+                model = cls(**config)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}: its constructor arguments do not build a StepPruneSelector ({error})") from error
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        problems = [f"missing {k}" for k in sorted(expected.keys() - found.keys())]
+        problems += [f"unexpected {k}" for k in sorted(found.keys() - expected.keys())]
+        problems += [
+            f"{k}: shape {found[k]} in the file, {expected[k]} from its config"
+            for k in sorted(expected.keys() & found.keys())
+            if found[k] != expected[k]
+        ]
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise ValueError(f"{path} does not match the selector its config describes: {shown}")
+        model.load_state_dict(tensors, assign=True)
+        return model
