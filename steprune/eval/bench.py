@@ -90,21 +90,27 @@ def bench_inputs(config: LlavaConfig, text_tokens: int, batch: int, device: str,
     }
 
 
-def median_latency_ms(call: Callable[[], object], device: str, warmup: int, repeats: int) -> float:
+def round_robin_latency_ms(
+    calls: Sequence[Callable[[], object]], device: str, warmup: int, repeats: int
+) -> list[float]:
+    """Median latency of each call, timed in interleaved rounds so drift and noise hit every call alike."""
+
     def sync() -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    for _ in range(warmup):
-        call()
-    times = []
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    times: list[list[float]] = [[] for _ in calls]
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        call()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        for i, call in enumerate(calls):
+            sync()
+            start = time.perf_counter()
+            call()
+            sync()
+            times[i].append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(t) for t in times]
 
 
 @dataclass
@@ -145,12 +151,12 @@ def run_bench(
         PRUNERS.get(m)  # fail before timing anything
     num_layers = config.text_config.num_hidden_layers
 
-    def measure(method: str, budget: int | None) -> BenchRow:
-        progress(f"{method} @ {budget}")
+    def measure(method: str, budget: int | None) -> tuple[BenchRow, Callable[[], object]]:
+        progress(f"FLOPs of {method} @ {budget}")
         vlm = PrunedVLM(model, None, method=method, budget=budget)
         out = vlm(**inputs)
         stages = [(layer, int(k)) for layer, k in out.visual_tokens_per_stage]
-        kept = float(out.result.lengths.float().mean()) if stages == [(0, stages[0][1])] else stages[-1][1]
+        kept = float(out.result.lengths.float().mean()) if len(stages) == 1 else stages[-1][1]
         selection = out.selection_flops / batch
         if len(stages) > 1:
             cost = prefill_cost(config, n, text_tokens, selection, stages=[(0, n), *stages[1:]])
@@ -158,21 +164,24 @@ def run_bench(
         else:
             cost = prefill_cost(config, round(kept), text_tokens, selection)
             equivalent = kept
-        latency = median_latency_ms(lambda: vlm.generate(**inputs, max_new_tokens=1), device, warmup, repeats)
-        return BenchRow(method, budget, kept, equivalent, cost.tflops("llm"), cost.tflops(), selection / 1e9, latency)
+        row = BenchRow(method, budget, kept, equivalent, cost.tflops("llm"), cost.tflops(), selection / 1e9, 0.0)
+        return row, lambda: vlm.generate(**inputs, max_new_tokens=1)
 
-    rows = [measure("identity", None)]
-    rows[0].method = "vanilla"
+    vanilla, vanilla_call = measure("identity", None)
+    vanilla.method = "vanilla"
+    rows, calls = [vanilla], [vanilla_call]
     for budget in budgets:
-        ideal = measure("uniform", budget)
-        for method in methods:
-            row = ideal if method == "uniform" else measure(method, budget)
+        for method in ["uniform", *[m for m in methods if m != "uniform"]]:
+            row, call = measure(method, budget)
             rows.append(row)
-        for row in rows:
-            if row.budget == budget:
-                row.ideal_fraction = ideal.latency_ms / row.latency_ms
+            calls.append(call)
+    progress(f"latency: {len(calls)} configurations x {repeats} interleaved rounds")
+    for row, latency in zip(rows, round_robin_latency_ms(calls, device, warmup, repeats), strict=True):
+        row.latency_ms = latency
     for row in rows:
-        row.speedup = rows[0].latency_ms / row.latency_ms
+        row.speedup = vanilla.latency_ms / row.latency_ms
+        ideal = next((r for r in rows if r.method == "uniform" and r.budget == row.budget), None)
+        row.ideal_fraction = ideal.latency_ms / row.latency_ms if ideal is not None else 1.0
     hardware = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"{platform.processor() or 'cpu'}"
     return {
         "config": config_name,
@@ -225,7 +234,7 @@ def print_table(report: dict) -> None:
             f"{r['speedup']:.2f}x",
             f"{r['ideal_fraction']:.0%}",
         )
-    Console().print(table)
+    Console(width=max(Console().width, 150)).print(table)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
