@@ -16,6 +16,9 @@ Choices where the specification is open:
   padded steps are not counted.
 * `allow_random=True` (tests only) builds an untrained selector on the first batch, sized from the
   context's widths (d_model = D_v), seeded by `seed` without touching the global RNG.
+* The selector runs in its own dtype (the features are cast to it, e.g. bf16 -> fp32): the module is never
+  cast in place. A selector the pruner loaded or built follows the context's device; one handed in from
+  outside (a live, training selector) is never moved, cast or switched to eval mode: the inputs go to it.
 """
 
 from __future__ import annotations
@@ -64,22 +67,23 @@ class StepPrunePruner(PrePrunerBase):
         self.allow_random = allow_random
         self.seed = seed
         self._selector: StepPruneSelector | None = None
+        self._own: StepPruneSelector | None = None  # the selector this pruner loaded or built (it may move it)
         if weights is not None:
             try:
-                self._selector = StepPruneSelector.load(weights)
+                self._selector = self._own = StepPruneSelector.load(weights).eval()
             except FileNotFoundError as error:
                 raise FileNotFoundError(f"{error}: {HOW_TO_TRAIN}") from error
 
     def selector(self, ctx: PruneContext) -> StepPruneSelector:
-        """The selector on the context's device and dtype, checked against its widths."""
+        """The selector, checked against the context's widths; one this pruner owns moves to ctx's device."""
         d_vision, d_text = ctx.vision_features.shape[-1], ctx.text_embeds.shape[-1]
         if self._selector is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
                 heads = _heads(d_vision)
-                self._selector = StepPruneSelector(
+                self._selector = self._own = StepPruneSelector(
                     d_vision, d_text, encoder_heads=heads, decoder_heads=heads, denoiser_heads=heads
-                )
+                ).eval()
         config = self._selector.config
         if (config["d_vision"], config["d_text"]) != (d_vision, d_text):
             source = self.weights or "the random selector"
@@ -87,7 +91,8 @@ class StepPrunePruner(PrePrunerBase):
                 f"{source} was built for vision width {config['d_vision']} and text width {config['d_text']}, "
                 f"but this backbone gives {d_vision} and {d_text}"
             )
-        self._selector = self._selector.to(device=ctx.device, dtype=ctx.vision_features.dtype).eval()
+        if self._selector is self._own:
+            self._selector.to(device=ctx.device)
         return self._selector
 
     def select(self, ctx: PruneContext) -> PruneResult:
@@ -99,10 +104,13 @@ class StepPrunePruner(PrePrunerBase):
         t_max = self.t_max if self.t_max is not None else (selector.t_max or n)
         if t_max > n:
             raise ValueError(f"t_max={t_max} exceeds the {n} visual tokens of this backbone (a token is chosen once)")
-        selection = selector.select(ctx.vision_features, text, text_mask, tau=self.tau, t_max=t_max)
-        counts = torch.zeros(b, n, dtype=torch.long, device=ctx.device)
+        param = next(selector.parameters())  # the selector keeps its own dtype; inputs follow it
+        vision = ctx.vision_features.to(param.device, param.dtype)
+        text, text_mask = text.to(param.device, param.dtype), text_mask.to(param.device)
+        selection = selector.select(vision, text, text_mask, tau=self.tau, t_max=t_max)
+        counts = torch.zeros(b, n, dtype=torch.long, device=param.device)
         chosen = counts.scatter_add_(1, selection.keep, selection.keep_mask.long()) > 0  # (B, N)
         lengths = selection.lengths.tolist()
         text_lengths = text_mask.sum(dim=1).tolist()
         flops = sum(selector.flops(n, int(tl), min(k + 1, t_max)) for k, tl in zip(lengths, text_lengths, strict=True))
-        return PruneResult.from_mask(chosen, selection_flops=flops, k=selection.lengths)
+        return PruneResult.from_mask(chosen.to(ctx.device), selection_flops=flops, k=selection.lengths.to(ctx.device))
