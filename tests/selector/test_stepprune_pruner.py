@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -81,3 +83,21 @@ def test_clear_errors(llava, tmp_path):
     too_long = PrunedVLM(model, processor, method="steprune", allow_random=True, t_max=17)
     with pytest.raises(ValueError, match="t_max=17 exceeds the 16 visual tokens"):
         too_long(**make_inputs(processor))
+
+
+def test_selector_keeps_its_dtype_under_a_bf16_context(llava, tmp_path):
+    model, processor = llava
+    vlm = PrunedVLM(model, processor, method="steprune", allow_random=True)
+    ctx = vlm.prepare(**make_inputs(processor)).context
+    half = dataclasses.replace(
+        ctx,
+        image_tokens=ctx.image_tokens.bfloat16(),
+        vision_features=ctx.vision_features.bfloat16(),
+        text_embeds=ctx.text_embeds.bfloat16(),
+    )
+    result = vlm.pruner.select(half)
+    assert all(p.dtype == torch.float32 for p in vlm.pruner.selector(ctx).parameters()), "never cast in place"
+    direct = vlm.pruner.selector(ctx).select(
+        half.vision_features.float(), half.text_embeds.float(), half.text_mask, t_max=16
+    )
+    assert torch.equal(result.keep, direct.keep) and torch.equal(result.keep_mask, direct.keep_mask)
