@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from steprune.backbones.splice import PositionPolicy, SplicedInputs, splice_kept_tokens
+from steprune.backbones.splice import PositionPolicy, SplicedInputs, image_placeholder_mask, splice_kept_tokens
 from steprune.backbones.vision_access import VisionAccess
 from steprune.pruners.contract import PruneResult
 
@@ -76,9 +76,20 @@ class BackboneAdapter(ABC):
     def num_layers(self) -> int:
         return len(self.decoder.layers)
 
-    def prompt_embeddings(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Word embeddings of the prompt without image placeholders, left-padded: (B, L_t, D), (B, L_t)."""
+    def project(self, vision_features: Tensor) -> Tensor:
+        """Vision-space features (B, N, D_v) -> the LLM-space tokens the LLM consumes (B, N, D_llm)."""
+        return vision_features
+
+    def prompt_embeddings(
+        self, input_ids: Tensor, attention_mask: Tensor, keep: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Word embeddings of the prompt without image placeholders, left-padded: (B, L_t, D), (B, L_t).
+
+        `keep` (B, L) bool narrows the prompt further (training drops the answer tokens this way).
+        """
         is_text = attention_mask.bool() & (input_ids != self.image_token_id)
+        if keep is not None:
+            is_text = is_text & keep
         counts = is_text.sum(dim=1)
         length = max(int(counts.max()), 1)
         dest = (length - counts).unsqueeze(1) + is_text.long().cumsum(dim=1) - 1
@@ -88,6 +99,12 @@ class BackboneAdapter(ABC):
         mask = torch.zeros_like(ids, dtype=torch.bool).scatter_(1, dest, is_text)
         ids, mask = ids[:, :length], mask[:, :length]
         return self.embed_tokens(ids), mask
+
+    def full_length_embeds(self, input_ids: Tensor, image_tokens: Tensor) -> Tensor:
+        """(B, L, D) input embeddings with every image placeholder replaced by `image_tokens` (B, N, D)."""
+        embeds = self.embed_tokens(input_ids)
+        slots = image_placeholder_mask(input_ids, self.image_token_id, image_tokens.shape[1])
+        return embeds.masked_scatter(slots.unsqueeze(-1), image_tokens.to(embeds.dtype))
 
     def splice(
         self,
@@ -100,8 +117,11 @@ class BackboneAdapter(ABC):
     ) -> SplicedInputs:
         b, n, _ = vision.image_tokens.shape
         keep = result.keep.clamp(0, n - 1)
-        keep_placeholder = torch.zeros(b, n, dtype=torch.bool, device=keep.device)
-        keep_placeholder.scatter_(1, keep, result.keep_mask)
+        # padding entries (index 0, mask False) go to a scratch column so they never clear a kept token 0
+        scatter_at = keep.masked_fill(~result.keep_mask, n)
+        keep_placeholder = torch.zeros(b, n + 1, dtype=torch.bool, device=keep.device)
+        keep_placeholder.scatter_(1, scatter_at, True)
+        keep_placeholder = keep_placeholder[:, :n]
         if result.merged is not None:
             kept = result.merged
         else:

@@ -50,13 +50,16 @@ class LlavaAdapter(BackboneAdapter):
         if config.vision_feature_select_strategy == "default":
             selected = [h[:, 1:] for h in selected]
         features = torch.cat(selected, dim=-1)  # (B, N, D_v * len(layers))
-        tokens = self.model.model.multi_modal_projector(features)  # (B, N, D_llm)
+        tokens = self.project(features)  # (B, N, D_llm)
         n = tokens.shape[1]
         side = int(round(n**0.5))
         grid = (side, side) if side * side == n else (1, n)
         encoder = tower.vision_model.encoder if hasattr(tower, "vision_model") else tower.encoder
         access = ClipVisionAccess(out.hidden_states, encoder.layers)
         return VisionOutput(tokens, features, grid, access)
+
+    def project(self, vision_features: Tensor) -> Tensor:
+        return self.model.model.multi_modal_projector(vision_features)
 
     def full_positions(self, input_ids: Tensor, attention_mask: Tensor, **inputs: Any) -> Tensor:
         return full_sequence_positions(attention_mask)

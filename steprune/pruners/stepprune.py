@@ -74,6 +74,13 @@ class StepPrunePruner(PrePrunerBase):
             except FileNotFoundError as error:
                 raise FileNotFoundError(f"{error}: {HOW_TO_TRAIN}") from error
 
+    @classmethod
+    def from_selector(cls, selector: StepPruneSelector, tau: float = 1.0, t_max: int | None = None) -> StepPrunePruner:
+        """Wrap a live selector (e.g. the one being trained) without going through a file."""
+        pruner = cls(tau=tau, t_max=t_max, allow_random=True)
+        pruner._selector = selector
+        return pruner
+
     def selector(self, ctx: PruneContext) -> StepPruneSelector:
         """The selector, checked against the context's widths; one this pruner owns moves to ctx's device."""
         d_vision, d_text = ctx.vision_features.shape[-1], ctx.text_embeds.shape[-1]

