@@ -37,10 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     methods = sub.add_parser("methods", help="list the registered pruning methods")
     methods.set_defaults(func=_methods)
+    sub.add_parser("train", help="train StepPrune (LightningCLI: `steprune train fit --help`)", add_help=False)
+    sub.add_parser("bench", help="FLOPs + prefill latency of every method (`steprune bench --help`)", add_help=False)
     return parser
 
 
+# subcommands that own their whole argument list (their parsers print their own --help)
+DELEGATED = {
+    "train": "steprune.training.cli:train_main",
+    "bench": "steprune.eval.bench:main",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        module_name, func = DELEGATED[argv[0]].split(":")
+        import importlib
+
+        return int(getattr(importlib.import_module(module_name), func)(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
