@@ -105,3 +105,11 @@ def test_suite_main_bad_input(tmp_path):
         suite_main(["--backbone", "tiny-llava", "--method", "uniform"])  # no budget
     with pytest.raises(ValueError, match="unknown benchmark"):
         suite_main(["--backbone", "tiny-llava", "--benchmarks", "gqa,mmmu", "--out", str(tmp_path)])
+
+
+def test_run_suite_on_qwen2_5_vl(qwen, data_dir):
+    model, processor = qwen
+    vlm = PrunedVLM(model, processor, method="uniform", budget=4)
+    result = run_suite(vlm, benchmarks=["mmbench_en", "pope"], limit=1, batch_size=3, data_dir=data_dir, progress=False)
+    assert result["suite"] == "custom" and result["visual_tokens"] is None  # dynamic resolution
+    assert [len(r["predictions"]) for r in result["results"].values()] == [4, 1]
