@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     methods = sub.add_parser("methods", help="list the registered pruning methods")
     methods.set_defaults(func=_methods)
     sub.add_parser("train", help="train StepPrune (LightningCLI: `steprune train fit --help`)", add_help=False)
+    sub.add_parser("eval", help="accuracy + retention on a benchmark suite (`steprune eval --help`)", add_help=False)
     sub.add_parser("bench", help="FLOPs + prefill latency of every method (`steprune bench --help`)", add_help=False)
     return parser
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 DELEGATED = {
     "train": "steprune.training.cli:train_main",
     "bench": "steprune.eval.bench:main",
+    "eval": "steprune.eval.suite:suite_main",
 }
 
 

@@ -47,3 +47,13 @@ def test_cli_help_and_methods(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "uniform" in out and "identity" in out
+
+
+def test_cli_delegates_eval_and_bench_help(capsys):
+    import pytest
+
+    for command in ("eval", "bench"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert f"{command}" in capsys.readouterr().out
