@@ -36,8 +36,8 @@ lint: $(STAMP) ## ruff check
 format: $(STAMP) ## ruff format + autofix
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
-base: $(STAMP) ## build (or reuse) the tiny LLaVA of the built-in world
-	@echo "make base: not yet — the built-in world's base model lands with issue #3" >&2; exit 1
+base: $(STAMP) ## build (or reuse) the tiny LLaVA of the built-in world in artifacts/base (ARGS=--force rebuilds)
+	$(PY) -m steprune.training.build_base $(ARGS)
 
 train: $(STAMP) ## train StepPrune on the built-in world and compare it with the baselines
 	@echo "make train: not yet — StepPrune training lands with issue #5" >&2; exit 1

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     methods = sub.add_parser("methods", help="list the registered pruning methods")
     methods.set_defaults(func=_methods)
     sub.add_parser("train", help="train StepPrune (LightningCLI: `steprune train fit --help`)", add_help=False)
+    sub.add_parser(
+        "base", help="build (or reuse) the built-in world's base MLLM (`steprune base --help`)", add_help=False
+    )
     sub.add_parser("eval", help="accuracy + retention on a benchmark suite (`steprune eval --help`)", add_help=False)
     sub.add_parser("bench", help="FLOPs + prefill latency of every method (`steprune bench --help`)", add_help=False)
     return parser
@@ -48,6 +51,7 @@ DELEGATED = {
     "train": "steprune.training.cli:train_main",
     "bench": "steprune.eval.bench:main",
     "eval": "steprune.eval.suite:suite_main",
+    "base": "steprune.training.build_base:main",
 }
 
 

@@ -64,7 +64,7 @@ class WorldConfig:
     max_distractors: int = 12
     """Most distractor specks (tiny coloured dots in free space); each scene draws 0..max uniformly."""
     distractor_px: int = 2
-    """Largest distractor speck side in pixels (keep well below patch_size so specks never look like objects)."""
+    """Largest distractor speck side in pixels (keep it well below patch_size)."""
     colors: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
     """Object colours, names from `PALETTE`."""
     shapes: tuple[str, ...] = SHAPES
@@ -91,8 +91,10 @@ class WorldConfig:
         unknown += [s for s in self.glyph_shapes if s not in self.shapes]
         unknown += [k for k in self.kind_weights if k not in QUESTION_KINDS]
         if unknown:
-            raise ValueError(f"unknown names {unknown}; colours: {sorted(PALETTE)}, shapes: {SHAPES}, "
-                             f"kinds: {QUESTION_KINDS} (glyph_shapes must be among shapes)")
+            raise ValueError(
+                f"unknown names {unknown}; colours: {sorted(PALETTE)}, shapes: {SHAPES}, "
+                f"kinds: {QUESTION_KINDS} (glyph_shapes must be among shapes)"
+            )
         if len(set(self.colors)) < 2 or len(set(self.shapes)) < 2:
             raise ValueError("need at least two distinct colours and two distinct shapes")
         if any(w < 0 for w in self.kind_weights.values()) or sum(self.kind_weights.values()) <= 0:

@@ -1,7 +1,7 @@
 """A 5x7 pixel font for the digits 0-9, so the world never depends on system fonts.
 
-    from steprune.data.world.glyphs import glyph_mask
-    glyph_mask(7, scale=2)   # (14, 10) bool array, True where the digit is inked
+from steprune.data.world.glyphs import glyph_mask
+glyph_mask(7, scale=2)   # (14, 10) bool array, True where the digit is inked
 """
 
 from __future__ import annotations

@@ -22,8 +22,13 @@ import numpy as np
 from steprune.data.world.config import CAPTION_KIND, PALETTE, SHAPES, WorldConfig
 from steprune.data.world.scene import Scene, SceneObject
 
-PLURALS: dict[str, str] = {"square": "squares", "circle": "circles", "triangle": "triangles",
-                           "cross": "crosses", "diamond": "diamonds"}
+PLURALS: dict[str, str] = {
+    "square": "squares",
+    "circle": "circles",
+    "triangle": "triangles",
+    "cross": "crosses",
+    "diamond": "diamonds",
+}
 ROWS, COLS = ("top", "middle", "bottom"), ("left", "center", "right")
 CAPTION_PROMPT = "Describe the image."
 WORD_RE = re.compile(r"\w+|[^\w\s]")
@@ -166,8 +171,9 @@ def _pick(rng: np.random.Generator, options: Sequence[T]) -> T:
 
 def ask_attribute(scene: Scene, rng: np.random.Generator, cfg: WorldConfig) -> QA | None:
     """'What colour is the triangle?' (shape unique) / 'What shape is the blue object?' (colour unique)."""
-    options = [QuestionSpec("attribute", r, "colour") for o in scene.objects for r in unique_refs(scene, o, by_color=False)]
-    options += [QuestionSpec("attribute", r, "shape") for o in scene.objects for r in unique_refs(scene, o, by_shape=False)]
+    objs = scene.objects
+    options = [QuestionSpec("attribute", r, "colour") for o in objs for r in unique_refs(scene, o, by_color=False)]
+    options += [QuestionSpec("attribute", r, "shape") for o in objs for r in unique_refs(scene, o, by_shape=False)]
     return finish(scene, _pick(rng, options)) if options else None
 
 
@@ -202,8 +208,14 @@ def _separated(a: SceneObject, b: SceneObject, axis: str) -> bool:
 
 def ask_spatial(scene: Scene, rng: np.random.Generator, cfg: WorldConfig) -> QA | None:
     """'Is the red square left or right of the green circle?' / '... above or below ...'."""
-    options = [(a, b, axis) for a in scene.objects for b in scene.objects if a is not b
-               for axis in ("horizontal", "vertical") if _separated(a, b, axis)]
+    options = [
+        (a, b, axis)
+        for a in scene.objects
+        for b in scene.objects
+        if a is not b
+        for axis in ("horizontal", "vertical")
+        if _separated(a, b, axis)
+    ]
     options = [(a, b, axis) for a, b, axis in options if unique_refs(scene, a) and unique_refs(scene, b)]
     if not options:
         return None
@@ -235,8 +247,7 @@ GENERATORS: dict[str, Callable[[Scene, np.random.Generator, WorldConfig], QA | N
 _TEMPLATE_TEXT = (
     "What colour is the ? What shape is the object ? Is there a an ? How many objects are there ? "
     "Is the left or right of the above or below the ? What digit is on the ? yes no "
-    f"{CAPTION_PROMPT} There is 1 object : There are objects : with the digit at , and . "
-    + " ".join(ROWS + COLS)
+    f"{CAPTION_PROMPT} There is 1 object : There are objects : with the digit at , and . " + " ".join(ROWS + COLS)
 )
 
 

@@ -1,6 +1,6 @@
 """Deterministic rasteriser of built-in-world scenes: numpy masks -> PIL RGB image (no fonts, no torch).
 
-    python -m steprune.data.world.render --seed 0 --out /tmp/world_example.png   # sample + save one scene
+python -m steprune.data.world.render --seed 0 --out /tmp/world_example.png   # sample + save one scene
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main() -> None:
     cfg = WorldConfig()
     scene = sample_scene(np.random.default_rng(args.seed), cfg)
     render_scene(scene, cfg).save(args.out)
-    print(f"{args.out}: {scene.num_objects} objects, {len(scene.specks)} specks\n{scene.description()}")
+    print(f"{args.out}: {scene.num_objects} objects, {len(scene.specks)} specks\n{scene.to_json()}")
 
 
 if __name__ == "__main__":

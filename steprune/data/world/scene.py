@@ -65,14 +65,9 @@ class Scene:
         """Scene complexity: how many objects (specks are not objects)."""
         return len(self.objects)
 
-    def description(self) -> str:
-        """Canonical text of the object layout (colour, shape, box, glyph), independent of noise."""
-        objs = sorted(self.objects, key=lambda o: (o.y, o.x))
-        return json.dumps([[o.color, o.shape, o.x, o.y, o.size, o.glyph] for o in objs], separators=(",", ":"))
-
     def fingerprint(self) -> str:
-        """Hash of `description()`: two scenes with the same layout share it (used for split disjointness)."""
-        return hashlib.sha256(self.description().encode()).hexdigest()[:16]
+        """Hash of the object layout: scenes with the same layout share it (split disjointness keys on it)."""
+        return layout_fingerprint(self.objects)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -89,54 +84,67 @@ class Scene:
         )
 
 
+def layout_fingerprint(objects: tuple[SceneObject, ...]) -> str:
+    """Hash of the canonical object layout (colour, shape, box, glyph); noise and specks do not enter."""
+    rows = sorted([o.y, o.x, o.color, o.shape, o.size, o.glyph] for o in objects)
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 def _free(occ: np.ndarray, r: int, c: int, f: int, gap: int) -> bool:
     """Whether footprint [r, r+f) x [c, c+f) plus `gap` cells around it is unoccupied."""
     return not occ[max(0, r - gap) : r + f + gap, max(0, c - gap) : c + f + gap].any()
 
 
-def sample_scene(rng: np.random.Generator, cfg: WorldConfig) -> Scene:
-    """Sample a scene: `min..max_objects` non-overlapping objects on the patch grid, then distractor specks."""
-    g, p = cfg.grid_size, cfg.patch_size
+def sample_layout(rng: np.random.Generator, cfg: WorldConfig) -> tuple[SceneObject, ...]:
+    """Sample `min..max_objects` objects whose footprints (plus `min_gap` patches) never overlap."""
+    g, p, n_tries = cfg.grid_size, cfg.patch_size, 40
+    n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    # all randomness up front, in [0, 1): per object 7 attributes, then 2 sizes x n_tries spots x (row, col)
+    u = rng.random((n, 7)).tolist()
+    spots = rng.random((n, 2, n_tries, 2))
     occ = np.zeros((g, g), dtype=bool)  # (G, G) patch cells taken by object footprints
     objects: list[SceneObject] = []
-    for _ in range(int(rng.integers(cfg.min_objects, cfg.max_objects + 1))):
-        cells = int(rng.integers(cfg.min_cells, cfg.max_cells + 1))
+    for i, (u_cells, u_jx, u_jy, u_color, u_shape, u_glyph, u_digit) in enumerate(u):
+        cells = cfg.min_cells + int(u_cells * (cfg.max_cells - cfg.min_cells + 1))
         spot = None
-        for size in dict.fromkeys((cells, cfg.min_cells)):  # fall back to the smallest size when crowded
+        for k, size in enumerate((cells, cfg.min_cells)):  # fall back to the smallest size when crowded
             f = size + (0 if cfg.grid_aligned else 1)  # unaligned objects get one spare cell to jitter in
             if f > g:
                 continue
-            for _try in range(40):
-                r, c = (int(v) for v in rng.integers(0, g - f + 1, size=2))
-                if _free(occ, r, c, f, cfg.min_gap):
-                    spot = (r, c, f, size)
-                    break
+            tries = (spots[i, k] * (g - f + 1)).astype(np.int64).tolist()
+            spot = next(((r, c, f, size) for r, c in tries if _free(occ, r, c, f, cfg.min_gap)), None)
             if spot:
                 break
         if spot is None:
             break  # grid is full: the scene keeps the objects placed so far
         r, c, f, size = spot
         occ[r : r + f, c : c + f] = True
-        dx, dy = (0, 0) if cfg.grid_aligned else (int(v) for v in rng.integers(0, p + 1, size=2))
-        shape = str(rng.choice(cfg.shapes))
-        glyph = None
-        if shape in cfg.glyph_shapes and rng.random() < cfg.glyph_prob:
-            glyph = int(rng.integers(10))
-        objects.append(SceneObject(str(rng.choice(cfg.colors)), shape, c * p + dx, r * p + dy, size * p, glyph))
+        dx, dy = (0, 0) if cfg.grid_aligned else (int(u_jx * (p + 1)), int(u_jy * (p + 1)))
+        shape = cfg.shapes[int(u_shape * len(cfg.shapes))]
+        glyph = int(u_digit * 10) if shape in cfg.glyph_shapes and u_glyph < cfg.glyph_prob else None
+        color = cfg.colors[int(u_color * len(cfg.colors))]
+        objects.append(SceneObject(color, shape, c * p + dx, r * p + dy, size * p, glyph))
+    return tuple(objects)
 
+
+def dress_layout(objects: tuple[SceneObject, ...], rng: np.random.Generator, cfg: WorldConfig) -> Scene:
+    """Complete a layout: distractor specks in patches no object touches, background, noise seed."""
+    g, p = cfg.grid_size, cfg.patch_size
+    occ = np.zeros((g, g), dtype=bool)
+    for o in objects:
+        occ[o.y // p : -(-(o.y + o.size) // p), o.x // p : -(-(o.x + o.size) // p)] = True
+    free_cells = np.argwhere(~occ).tolist()  # [[row, col], ...]
     specks: list[Speck] = []
-    free_cells = np.argwhere(~occ)  # (F, 2) rows, cols
-    for _ in range(int(rng.integers(0, cfg.max_distractors + 1))):
-        if len(free_cells) == 0:
-            break
-        r, c = free_cells[int(rng.integers(len(free_cells)))]
-        s = int(rng.integers(1, cfg.distractor_px + 1))
-        ox, oy = (int(v) for v in rng.integers(0, p - s + 1, size=2))
-        if rng.random() < 0.5:
-            rgb = PALETTE[str(rng.choice(cfg.colors))]
-        else:
-            rgb = (int(rng.integers(90, 230)),) * 3
-        specks.append(Speck(int(c) * p + ox, int(r) * p + oy, s, rgb))
-
+    for _ in range(int(rng.integers(0, cfg.max_distractors + 1)) if free_cells else 0):
+        cell, s, grey, color_i = rng.integers(0, [len(free_cells), cfg.distractor_px, 140, len(cfg.colors)]).tolist()
+        ox, oy = rng.integers(0, p - s, size=2).tolist()  # speck side is s + 1
+        rgb = PALETTE[cfg.colors[color_i]] if rng.random() < 0.5 else (grey + 90,) * 3
+        r, c = free_cells[cell]
+        specks.append(Speck(c * p + ox, r * p + oy, s + 1, rgb))
     background = tuple(int(v) for v in rng.integers(35, 75, size=3))
-    return Scene(tuple(objects), tuple(specks), background, int(rng.integers(2**31)), cfg.image_size)
+    return Scene(objects, tuple(specks), background, int(rng.integers(2**31)), cfg.image_size)
+
+
+def sample_scene(rng: np.random.Generator, cfg: WorldConfig) -> Scene:
+    """Sample a scene: non-overlapping objects on the patch grid, then distractor specks."""
+    return dress_layout(sample_layout(rng, cfg), rng, cfg)

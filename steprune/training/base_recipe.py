@@ -1,0 +1,140 @@
+"""The two training stages of the built-in world's base MLLM (a tiny LLaVA trained from scratch here).
+
+Stage 1 — `VisionPretrainModule`: the CLIP tower alone learns a dense per-patch objective (which colour,
+shape and digit covers this patch, and whether an object starts here), through a linear head that is
+thrown away afterwards. Stage 2 — `ProjectorLMModule`: the tower is frozen (like LLaVA's CLIP) and the
+projector + language model learn the world's QA with the next-token loss on the answer tokens.
+
+    python -m steprune.training.build_base          # runs both stages (what `make base` calls)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import IterableDataset
+
+from steprune.data.world import Scene, WorldConfig, generate_record
+
+NO_DIGIT = 10
+
+
+def patch_labels(scene: Scene, cfg: WorldConfig) -> dict[str, Tensor]:
+    """Per-patch targets (G*G,) of one scene: colour, shape, digit (10 = none), object anchor (0/1).
+
+    A patch belongs to an object when its centre lies in the object's box; colour/shape index 0 is
+    background, i.e. `cfg.colors[i]` has index i + 1.
+    """
+    g, p = cfg.grid_size, cfg.patch_size
+    centres = torch.arange(g) * p + p / 2
+    cy, cx = torch.meshgrid(centres, centres, indexing="ij")  # (G, G) patch centres in pixels
+    colour = torch.zeros(g, g, dtype=torch.long)
+    shape = torch.zeros(g, g, dtype=torch.long)
+    digit = torch.full((g, g), NO_DIGIT, dtype=torch.long)
+    anchor = torch.zeros(g, g, dtype=torch.long)
+    for obj in scene.objects:
+        inside = (cx >= obj.x) & (cx < obj.x + obj.size) & (cy >= obj.y) & (cy < obj.y + obj.size)
+        colour[inside] = cfg.colors.index(obj.color) + 1
+        shape[inside] = cfg.shapes.index(obj.shape) + 1
+        if obj.glyph is not None:
+            digit[inside] = obj.glyph
+        anchor[min(int(obj.y // p), g - 1), min(int(obj.x // p), g - 1)] = 1
+    return {"colour": colour.flatten(), "shape": shape.flatten(), "digit": digit.flatten(), "anchor": anchor.flatten()}
+
+
+class PatchLabelStream(IterableDataset):
+    """Endless (pixel_values, per-patch labels) from the train split, for stage 1."""
+
+    def __init__(self, cfg: WorldConfig, image_processor: Any, seed: int, start: int = 0) -> None:
+        self.cfg, self.image_processor, self.seed, self.start = cfg, image_processor, seed, start
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        index = self.start
+        while True:
+            record = generate_record("train", index, self.cfg, self.seed)
+            pixels = self.image_processor(record["image"], return_tensors="pt")["pixel_values"][0]
+            yield {"pixel_values": pixels, **patch_labels(Scene.from_json(record["scene"]), self.cfg)}
+            index += 1
+
+
+class VisionPretrainModule(L.LightningModule):
+    """Stage 1: dense per-patch classification on top of the vision tower's feature layer."""
+
+    def __init__(
+        self, tower: nn.Module, feature_layer: int, num_colours: int, num_shapes: int, lr: float = 1e-3
+    ) -> None:
+        super().__init__()
+        self.tower = tower
+        self.feature_layer = feature_layer
+        hidden = tower.config.hidden_size
+        self.sizes = {"colour": num_colours + 1, "shape": num_shapes + 1, "digit": NO_DIGIT + 1, "anchor": 2}
+        self.head = nn.Linear(hidden, sum(self.sizes.values()))
+        self.lr = lr
+
+    def forward(self, pixel_values: Tensor) -> dict[str, Tensor]:
+        out = self.tower(pixel_values, output_hidden_states=True)
+        features = out.hidden_states[self.feature_layer][:, 1:]  # (B, N, D): what LLaVA feeds the projector
+        logits = self.head(features).split(list(self.sizes.values()), dim=-1)
+        return dict(zip(self.sizes, logits, strict=True))
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self(batch["pixel_values"])
+        losses = {k: F.cross_entropy(v.flatten(0, 1), batch[k].flatten()) for k, v in logits.items()}
+        loss = sum(losses.values())
+        accuracy = {f"stage1/acc_{k}": (v.argmax(-1) == batch[k]).float().mean() for k, v in logits.items()}
+        self.log_dict({"stage1/loss": loss, **accuracy}, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return cosine_adamw(self, self.lr, self.trainer.max_steps)
+
+
+class ProjectorLMModule(L.LightningModule):
+    """Stage 2: projector + language model on the world's QA; the vision tower stays frozen."""
+
+    def __init__(self, model: nn.Module, lr: float = 1e-3) -> None:
+        super().__init__()
+        self.model = model
+        self.model.model.vision_tower.requires_grad_(False)
+        self.lr = lr
+
+    def train(self, mode: bool = True) -> ProjectorLMModule:
+        super().train(mode)
+        self.model.model.vision_tower.eval()
+        return self
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "labels")}
+        loss = self.model(**inputs, use_cache=False).loss
+        self.log("stage2/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return cosine_adamw(self, self.lr, self.trainer.max_steps)
+
+
+def cosine_adamw(module: L.LightningModule, lr: float, total_steps: int, warmup: int = 30) -> dict[str, Any]:
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = min(warmup, max(total_steps // 5, 1))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(total_steps - warmup, 1))
+        return 0.05 + 0.95 * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item())
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def scene_summary(record: dict[str, Any]) -> str:
+    """Compact description for logs."""
+    scene = json.loads(record["scene"])
+    return f"{len(scene['objects'])} objects"

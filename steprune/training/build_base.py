@@ -1,0 +1,289 @@
+"""`make base`: build (or reuse) the built-in world's base MLLM — a tiny LLaVA trained from scratch here.
+
+    python -m steprune.training.build_base                    # artifacts/base (STEPRUNE_HOME overrides artifacts/)
+    python -m steprune.training.build_base --force            # rebuild over an existing base
+    python -m steprune.training.build_base --stage2-steps 50  # a quick, weak base for trying things
+
+Recipe: world text -> byte-level BPE tokenizer -> LlavaProcessor (PIL image processor, no torchvision)
+-> LLaVA config (96 px, patch 8: 144 visual tokens) -> stage 1 (vision tower, dense per-patch labels) ->
+stage 2 (projector + LM, tower frozen) -> test-split accuracy per kind and a blind baseline ->
+`save_pretrained` into a temporary directory renamed into place, with `build_info.json`.
+A base that exists is reused; one that is corrupt is reported, never silently retrained over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from steprune.backbones.tiny import LLAVA_CHAT_TEMPLATE, tiny_llava_config, train_tokenizer
+from steprune.data.world import WorldConfig, generate_records, world_vocabulary
+from steprune.data.world_datamodule import WorldDataModule, world_config
+from steprune.training.base_recipe import PatchLabelStream, ProjectorLMModule, VisionPretrainModule
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+
+
+def artifacts_root() -> Path:
+    return Path(os.environ.get("STEPRUNE_HOME", "artifacts"))
+
+
+def default_base_dir() -> Path:
+    return artifacts_root() / "base"
+
+
+class BaseModelError(RuntimeError):
+    """The base model directory exists but cannot be used."""
+
+
+def require_base(path: str | Path | None = None) -> Path:
+    """The base directory, checked; a missing one says to run `make base`, a corrupt one says why."""
+    path = Path(path) if path is not None else default_base_dir()
+    if not path.exists():
+        raise FileNotFoundError(f"no base model at {path}: build it with `make base` (about 20 minutes on a CPU)")
+    check_base(path)
+    return path
+
+
+def check_base(path: Path) -> None:
+    """Raise BaseModelError naming the problem unless `path` holds a loadable saved model + processor."""
+    from safetensors import safe_open
+
+    for name in ("config.json", "build_info.json", "tokenizer.json"):
+        if not (path / name).is_file():
+            raise BaseModelError(
+                f"base model at {path} is incomplete: {name} is missing (rebuild with `make base ARGS=--force`)"
+            )
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise BaseModelError(
+            f"base model at {path} has no .safetensors weights (rebuild with `make base ARGS=--force`)"
+        )
+    for file in weights:
+        try:
+            with safe_open(str(file), "pt") as handle:
+                keys = list(handle.keys())
+                handle.get_slice(keys[-1])[:1]  # reads the header and touches the end of the data
+        except Exception as error:  # noqa: BLE001 - any failure here means the file is unusable
+            raise BaseModelError(
+                f"base model weights {file} are corrupt ({error}); rebuild with `make base ARGS=--force`"
+            ) from error
+        if file.stat().st_size < 1024:
+            raise BaseModelError(f"base model weights {file} are truncated; rebuild with `make base ARGS=--force`")
+
+
+@dataclass
+class BaseRecipe:
+    """Every knob of the base build (recorded in build_info.json)."""
+
+    seed: int = 0
+    vision_hidden: int = 128
+    vision_layers: int = 4
+    text_hidden: int = 192
+    text_layers: int = 3
+    text_heads: int = 4
+    stage1_steps: int = 400
+    stage1_batch: int = 64
+    stage1_lr: float = 2e-3
+    stage2_steps: int = 1100
+    stage2_batch: int = 32
+    stage2_lr: float = 1e-3
+    eval_size: int = 500
+    tokenizer_records: int = 3000
+    loader_workers: int = 1
+    captions: bool = False
+
+
+def build_processor(cfg: WorldConfig, recipe: BaseRecipe) -> Any:
+    from transformers import LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    texts = [" ".join(world_vocabulary(cfg)), "USER: ASSISTANT:"]
+    for record in generate_records(
+        "train", recipe.tokenizer_records, WorldConfig(**{**cfg.__dict__, "caption_prob": 0.3}), recipe.seed
+    ):
+        texts.append(f"USER: {record['conversations'][0]['value']} ASSISTANT: {record['answer']}")
+    tokenizer = train_tokenizer(texts, SPECIALS, vocab_size=1024)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": cfg.image_size}, crop_size={"height": cfg.image_size, "width": cfg.image_size}
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=cfg.patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_CHAT_TEMPLATE,
+        image_token="<image>",
+        num_additional_image_tokens=1,
+    )
+
+
+def build_model(cfg: WorldConfig, recipe: BaseRecipe, processor: Any) -> Any:
+    from transformers import LlavaForConditionalGeneration
+
+    tok = processor.tokenizer
+    config = tiny_llava_config(
+        vocab_size=len(tok),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        pad_token_id=tok.pad_token_id,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        vision_hidden=recipe.vision_hidden,
+        vision_layers=recipe.vision_layers,
+        text_hidden=recipe.text_hidden,
+        text_layers=recipe.text_layers,
+        text_heads=recipe.text_heads,
+        text_kv_heads=recipe.text_heads,
+    )
+    torch.manual_seed(recipe.seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    return model
+
+
+def trainer(steps: int, root: Path, progress: bool = True) -> L.Trainer:
+    return L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=root,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+
+
+def build_base(
+    out: Path,
+    world: dict[str, Any] | None = None,
+    recipe: BaseRecipe | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build the base into `out` (reused when present and sound) and return its build info."""
+    recipe = recipe or BaseRecipe()
+    if out.exists() and not force:
+        check_base(out)
+        print(f"reusing the base model at {out} (make base ARGS=--force rebuilds it)")
+        return json.loads((out / "build_info.json").read_text())
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    cfg = world_config(world)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    processor = build_processor(cfg, recipe)
+    model = build_model(cfg, recipe, processor)
+    timings["setup_s"] = time.perf_counter() - started
+
+    t = time.perf_counter()
+    stage1 = VisionPretrainModule(
+        model.model.vision_tower, model.config.vision_feature_layer, len(cfg.colors), len(cfg.shapes), recipe.stage1_lr
+    )
+    loader = DataLoader(
+        PatchLabelStream(cfg, processor.image_processor, recipe.seed),
+        batch_size=recipe.stage1_batch,
+        num_workers=recipe.loader_workers,
+    )
+    trainer(recipe.stage1_steps, out.parent, progress).fit(stage1, loader)
+    timings["stage1_s"] = time.perf_counter() - t
+    model.model.vision_tower.requires_grad_(False)
+
+    t = time.perf_counter()
+    data = WorldDataModule(
+        "unused",
+        world=world,
+        seed=recipe.seed,
+        batch_size=recipe.stage2_batch,
+        include_captions=recipe.captions,
+        num_workers=recipe.loader_workers,
+    )
+    data._processor = processor
+    stage2 = ProjectorLMModule(model, recipe.stage2_lr)
+    trainer(recipe.stage2_steps, out.parent, progress).fit(stage2, data.train_dataloader())
+    timings["stage2_s"] = time.perf_counter() - t
+    model.eval().requires_grad_(True)
+
+    t = time.perf_counter()
+    scores = evaluate_base(model, processor, cfg, recipe)
+    timings["eval_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - started
+    info = {"recipe": asdict(recipe), "world": dict(world or {}), "timings": timings, **scores}
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    (staging / "build_info.json").write_text(json.dumps(info, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return info
+
+
+def evaluate_base(model: Any, processor: Any, cfg: WorldConfig, recipe: BaseRecipe) -> dict[str, Any]:
+    from steprune.eval.world_accuracy import world_accuracy
+    from steprune.pruned_vlm import PrunedVLM
+
+    records = generate_records("test", recipe.eval_size, cfg, recipe.seed)
+    vlm = PrunedVLM(model, processor, method="identity")
+    full = world_accuracy(vlm, records)
+    blind = world_accuracy(vlm, records, blank=True)
+    for result in (full, blind):
+        result.pop("objects_and_k")
+    return {"test_accuracy": full, "blind_accuracy": blind}
+
+
+def print_report(info: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="built-in world base model — test split")
+    for column in ("question kind", "all tokens", "blind (blank image)", "gap (points)"):
+        table.add_column(column, justify="right" if column != "question kind" else "left")
+    full, blind = info["test_accuracy"], info["blind_accuracy"]
+    for kind in full["per_kind"]:
+        a, b = full["per_kind"][kind], blind["per_kind"].get(kind, 0.0)
+        table.add_row(kind, f"{a:.1%}", f"{b:.1%}", f"{100 * (a - b):+.1f}")
+    table.add_row(
+        "overall",
+        f"{full['overall']:.1%}",
+        f"{blind['overall']:.1%}",
+        f"{100 * (full['overall'] - blind['overall']):+.1f}",
+    )
+    Console().print(table)
+    Console().print({k: round(v, 1) for k, v in info["timings"].items()})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="build (or reuse) the built-in world's base MLLM")
+    parser.add_argument("--out", default=None, help="directory (default: $STEPRUNE_HOME/base or artifacts/base)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if a base exists")
+    for name, value in asdict(BaseRecipe()).items():
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+    args = parser.parse_args(argv)
+    recipe = BaseRecipe(**{k: getattr(args, k) for k in asdict(BaseRecipe())})
+    out = Path(args.out) if args.out else default_base_dir()
+    info = build_base(out, recipe=recipe, force=args.force)
+    print_report(info)
+    print(f"base model: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
