@@ -1,0 +1,100 @@
+"""`make base` on a micro configuration: both stages run, the result loads like a real checkpoint,
+a missing base says to run `make base`, a corrupt one is reported and never retrained over."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from steprune import PrunedVLM
+from steprune.data.world import Scene, SceneObject, WorldConfig
+from steprune.training.base_recipe import NO_DIGIT, patch_labels
+from steprune.training.build_base import BaseModelError, BaseRecipe, build_base, require_base
+
+MICRO_WORLD = {"image_size": 32, "max_objects": 3, "max_cells": 1, "max_distractors": 2}
+MICRO = BaseRecipe(
+    vision_hidden=32,
+    vision_layers=2,
+    text_hidden=32,
+    text_layers=2,
+    text_heads=4,
+    stage1_steps=2,
+    stage1_batch=4,
+    stage2_steps=2,
+    stage2_batch=4,
+    eval_size=8,
+    tokenizer_records=40,
+    loader_workers=0,
+)
+
+
+def test_patch_labels_mark_the_object_cells():
+    cfg = WorldConfig(image_size=32)
+    scene = Scene((SceneObject("blue", "circle", 8, 16, 16, 7),), (), (0, 0, 0), 0, 32)
+    labels = patch_labels(scene, cfg)
+    grid = {k: v.view(4, 4) for k, v in labels.items()}
+    inside = torch.zeros(4, 4, dtype=torch.bool)
+    inside[2:4, 1:3] = True
+    assert bool((grid["colour"][inside] == cfg.colors.index("blue") + 1).all())
+    assert bool((grid["colour"][~inside] == 0).all())
+    assert bool((grid["shape"][inside] == cfg.shapes.index("circle") + 1).all())
+    assert bool((grid["digit"][inside] == 7).all()) and bool((grid["digit"][~inside] == NO_DIGIT).all())
+    assert grid["anchor"].sum() == 1 and grid["anchor"][2, 1] == 1
+
+
+@pytest.fixture(scope="module")
+def micro_base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bases") / "base"
+    info = build_base(out, world=MICRO_WORLD, recipe=MICRO, progress=False)
+    return out, info
+
+
+def test_micro_build_saves_a_loadable_base(micro_base):
+    out, info = micro_base
+    assert {"stage1_s", "stage2_s", "total_s"} <= set(info["timings"])
+    assert set(info["test_accuracy"]["per_kind"]) <= {"attribute", "existence", "counting", "spatial", "reading"}
+    assert json.loads((out / "build_info.json").read_text())["recipe"]["stage2_steps"] == 2
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(out)
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    assert type(processor.image_processor).__name__ == "CLIPImageProcessorPil"
+    vlm = PrunedVLM.from_pretrained(str(out), method="identity", budget=None, dtype=torch.float32)
+    from tests.inputs import make_inputs
+
+    inputs = make_inputs(processor)
+    with torch.no_grad():
+        reference = model(**inputs).logits
+    real = inputs["attention_mask"].bool()
+    torch.testing.assert_close(vlm(**inputs).logits[real], reference[real])
+
+
+def test_second_build_reuses(micro_base, capsys):
+    out, info = micro_base
+    again = build_base(out, world=MICRO_WORLD, recipe=MICRO, progress=False)
+    assert again["timings"] == info["timings"] and "reusing" in capsys.readouterr().out
+
+
+def test_missing_base_says_make_base(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make base"):
+        require_base(tmp_path / "absent")
+
+
+def test_corrupt_base_is_reported_not_retrained(micro_base, tmp_path):
+    import shutil
+
+    out, _ = micro_base
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    weights = next(broken.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(BaseModelError, match="corrupt|truncated"):
+        require_base(broken)
+    with pytest.raises(BaseModelError):
+        build_base(broken, world=MICRO_WORLD, recipe=MICRO, progress=False)
+    assert weights.stat().st_size < next(out.glob("*.safetensors")).stat().st_size, "nothing was rebuilt"
+    (broken / "config.json").unlink()
+    with pytest.raises(BaseModelError, match="config.json is missing"):
+        require_base(broken)
