@@ -57,6 +57,10 @@ DELEGATED = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["eval"] and "world" in argv and "--suite" in argv:
+        from steprune.eval.world_eval import main as world_main
+
+        return int(world_main(argv[1:]) or 0)
     if argv and argv[0] in DELEGATED:
         module_name, func = DELEGATED[argv[0]].split(":")
         import importlib

@@ -40,7 +40,11 @@ def world_accuracy(
             chunk = [{**r, "image": PIL.Image.new("RGB", r["image"].size, (128, 128, 128))} for r in chunk]
         batch = collate(chunk)
         inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        prepared_k = vlm.prepare(**inputs).result.lengths
+        out = vlm(**inputs)
+        if len(out.visual_tokens_per_stage) > 1:  # in-LLM: tokens alive after the last drop
+            prepared_k = torch.full((len(chunk),), out.visual_tokens_per_stage[-1][1])
+        else:
+            prepared_k = out.result.lengths
         new = vlm.generate(**inputs, max_new_tokens=max_new_tokens)
         texts = vlm.processor.batch_decode(new, skip_special_tokens=True)
         for text, record, k in zip(texts, chunk, prepared_k.tolist(), strict=True):

@@ -98,3 +98,43 @@ def test_corrupt_base_is_reported_not_retrained(micro_base, tmp_path):
     (broken / "config.json").unlink()
     with pytest.raises(BaseModelError, match="config.json is missing"):
         require_base(broken)
+
+
+def test_world_eval_writes_json_and_markdown(micro_base, tmp_path):
+    from steprune.eval.world_eval import main as world_main
+
+    out, _ = micro_base
+    target = tmp_path / "world"
+    assert (
+        world_main(
+            [
+                "--backbone",
+                str(out),
+                "--methods",
+                "uniform,fastv,prumerge_plus",
+                "--budgets",
+                "4",
+                "--limit",
+                "6",
+                "--out",
+                str(target),
+            ]
+        )
+        == 0
+    )
+    report = json.loads(target.with_suffix(".json").read_text())
+    rows = {r["method"]: r for r in report["rows"]}
+    assert list(rows) == ["vanilla", "uniform", "fastv", "prumerge_plus"]
+    assert rows["vanilla"]["k_mean"] == 16 and rows["uniform"]["k_mean"] == 4 and rows["fastv"]["k_mean"] == 4
+    assert rows["prumerge_plus"]["k_max"] <= 4 and rows["prumerge_plus"]["k_spearman_objects"] is not None
+    assert rows["uniform"]["prefill_tflops"] < rows["vanilla"]["prefill_tflops"]
+    assert all(0.0 <= r["overall"] <= 1.0 for r in rows.values())
+    assert "| uniform | 4 |" in target.with_suffix(".md").read_text()
+
+
+def test_spearman():
+    from steprune.eval.world_eval import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
