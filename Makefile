@@ -39,8 +39,8 @@ format: $(STAMP) ## ruff format + autofix
 base: $(STAMP) ## build (or reuse) the tiny LLaVA of the built-in world in artifacts/base (ARGS=--force rebuilds)
 	$(PY) -m steprune.training.build_base $(ARGS)
 
-train: $(STAMP) ## train StepPrune on the built-in world and compare it with the baselines
-	@echo "make train: not yet — StepPrune training lands with issue #5" >&2; exit 1
+train: $(STAMP) ## build/reuse the base, train StepPrune on the built-in world (resumes), compare with every baseline
+	$(PY) -m steprune.training.make_train $(ARGS)
 
 sweep: $(STAMP) ## run an Optuna sweep (SWEEP=sweeps/....yaml), resumable
 	@echo "make sweep: not yet — sweeps land with issue #6" >&2; exit 1

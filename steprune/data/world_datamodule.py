@@ -10,7 +10,9 @@ have seen (`start` follows the trainer's step on resume). Val/test are fixed pre
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -58,6 +60,9 @@ class WorldDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if world is None:  # the world the base model was trained on, when it says so
+            info = Path(backbone) / "build_info.json"
+            world = json.loads(info.read_text()).get("world") if info.is_file() else None
         self.cfg = world_config(world)
         if not include_captions:
             self.cfg = WorldConfig(**{**self.cfg.__dict__, "caption_prob": 0.0})

@@ -58,6 +58,8 @@ def evaluate_world(
     seed: int = 0,
     weights: str | None = None,
     world: dict[str, Any] | None = None,
+    include_vanilla: bool = True,
+    vanilla_accuracy: float | None = None,
 ) -> dict[str, Any]:
     from rich.progress import Progress
 
@@ -67,7 +69,7 @@ def evaluate_world(
     cfg: WorldConfig = world_config(world or json.loads((Path(backbone) / "build_info.json").read_text()).get("world"))
     records = generate_records(split, limit, cfg, seed)
     text_tokens = 20  # a world prompt, template included
-    runs = [("identity", None)] + [(m, b) for b in budgets for m in methods]
+    runs = [("identity", None)] * include_vanilla + [(m, b) for b in budgets for m in methods]
     rows = []
     with Progress(transient=True) as progress:
         task = progress.add_task("evaluating", total=len(runs) * len(records))
@@ -90,7 +92,9 @@ def evaluate_world(
                     "k_histogram": torch.bincount(torch.tensor(ks), minlength=n + 1).tolist(),
                 }
             )
-    vanilla = rows[0]["overall"]
+    vanilla = rows[0]["overall"] if include_vanilla else vanilla_accuracy
+    if vanilla is None:
+        vanilla = world_accuracy(base, records, batch_size)["overall"]
     for row in rows:
         row["retention"] = row["overall"] / vanilla if vanilla > 0 else float("nan")
     return {

@@ -138,3 +138,38 @@ def test_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
+
+
+def test_make_train_end_to_end_on_the_micro_base(micro_base, tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    from steprune.training.make_train import main as make_train
+
+    config = Path(__file__).resolve().parents[2] / "experiments" / "stepprune_world.yaml"
+    out, _ = micro_base
+    shutil.copytree(out, tmp_path / "artifacts" / "base")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STEPRUNE_HOME", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    args = [
+        "--config",
+        str(config),
+        "--limit",
+        "4",
+        "--trainer.max_steps=2",
+        "--trainer.val_check_interval=2",
+        "--data.init_args.val_size=4",
+        "--data.init_args.batch_size=2",
+        "--model.t_max=8",
+        "--trainer.enable_progress_bar=false",
+    ]
+    assert make_train(args) == 0
+    report = json.loads((tmp_path / "reports" / "train_comparison.json").read_text())
+    methods = [r["method"] for r in report["rows"]]
+    assert methods[:2] == ["vanilla", "steprune"] and {"uniform", "mmtok", "fastv"} <= set(methods)
+    budget = max(1, round(report["stepprune_mean_k"]))
+    assert all(r["budget"] == budget for r in report["rows"][2:])
+    assert (tmp_path / "artifacts" / "selector.safetensors").exists()
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert set(report["timings"]) == {"base_s", "train_s", "compare_s"}
