@@ -40,3 +40,19 @@ def select_sample(inputs: dict, b: int) -> dict:
     else:
         single["pixel_values"] = inputs["pixel_values"][b : b + 1]
     return single
+
+
+def write_instruct_fixture(root, count: int, seed: int = 0) -> list[dict]:
+    """A saved tiny LLaVA in root/base and `count` LLaVA-Instruct records with PNGs in root/images."""
+    from steprune.backbones.tiny import tiny_llava
+
+    model, processor = tiny_llava()
+    model.save_pretrained(root / "base")
+    processor.save_pretrained(root / "base")
+    (root / "images").mkdir()
+    records = []
+    for i, image in enumerate(random_images(count, 32, seed=seed)):
+        image.save(root / "images" / f"{i}.png")
+        turns = [{"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "red"}]
+        records.append({"id": str(i), "image": f"{i}.png", "conversations": turns})
+    return records

@@ -6,31 +6,14 @@ import json
 
 import pytest
 
-from steprune.backbones.tiny import tiny_llava
 from steprune.data.instruct_datamodule import InstructDataModule, open_records
-from tests.inputs import random_images
+from tests.inputs import write_instruct_fixture
 
 
 @pytest.fixture(scope="module")
 def fixture_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("instruct")
-    model, processor = tiny_llava()
-    model.save_pretrained(root / "base")
-    processor.save_pretrained(root / "base")
-    (root / "images").mkdir()
-    records = []
-    for i, image in enumerate(random_images(5, 32, seed=1)):
-        image.save(root / "images" / f"{i}.png")
-        records.append(
-            {
-                "id": str(i),
-                "image": f"{i}.png",
-                "conversations": [
-                    {"from": "human", "value": "<image>\nWhat colour is it?"},
-                    {"from": "gpt", "value": "red"},
-                ],
-            }
-        )
+    records = write_instruct_fixture(root, 5, seed=1)
     records.append(
         {"id": "text-only", "conversations": [{"from": "human", "value": "Hello"}, {"from": "gpt", "value": "hi"}]}
     )

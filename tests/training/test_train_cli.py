@@ -8,10 +8,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from steprune.backbones.tiny import tiny_llava
 from steprune.training.cli import StepPruneCLI, train_main
 from steprune.training.stepprune_module import StepPruneModule
-from tests.inputs import random_images
+from tests.inputs import write_instruct_fixture
 
 EXPERIMENTS = sorted(Path(__file__).resolve().parents[2].glob("experiments/*.yaml"))
 
@@ -40,23 +39,7 @@ def test_every_experiment_file_parses_and_starts_with_its_command(path):
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_cli")
-    model, processor = tiny_llava()
-    model.save_pretrained(root / "base")
-    processor.save_pretrained(root / "base")
-    (root / "images").mkdir()
-    records = []
-    for i, image in enumerate(random_images(6, 32, seed=2)):
-        image.save(root / "images" / f"{i}.png")
-        records.append(
-            {
-                "id": str(i),
-                "image": f"{i}.png",
-                "conversations": [
-                    {"from": "human", "value": "<image>\nWhat colour is it?"},
-                    {"from": "gpt", "value": "red"},
-                ],
-            }
-        )
+    records = write_instruct_fixture(root, 6, seed=2)
     (root / "data.json").write_text(json.dumps(records))
     return root
 
