@@ -43,10 +43,12 @@ train: $(STAMP) ## build/reuse the base, train StepPrune on the built-in world (
 	$(PY) -m steprune.training.make_train $(ARGS)
 
 sweep: $(STAMP) ## run an Optuna sweep (SWEEP=sweeps/....yaml), resumable
-	@echo "make sweep: not yet — sweeps land with issue #6" >&2; exit 1
+	$(PY) -m steprune.training.build_base
+	$(PY) -m steprune.sweeps.runner --config $(SWEEP) $(ARGS)
 
 ablate: $(STAMP) ## run the Table 4 ablation grid over seeds
-	@echo "make ablate: not yet — ablations land with issue #6" >&2; exit 1
+	$(PY) -m steprune.training.build_base
+	$(PY) -m steprune.sweeps.ablation --config $(or $(ABLATION),sweeps/ablation_table4.yaml) $(ARGS)
 
 bench: $(STAMP) ## FLOPs + prefill latency of every method at 192/128/64 tokens (ARGS="--config llava-7b" on a GPU)
 	$(PY) -m steprune.eval.bench $(ARGS)

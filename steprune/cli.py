@@ -52,6 +52,8 @@ DELEGATED = {
     "bench": "steprune.eval.bench:main",
     "eval": "steprune.eval.suite:suite_main",
     "base": "steprune.training.build_base:main",
+    "sweep": "steprune.sweeps.runner:sweep_main",
+    "ablate": "steprune.sweeps.ablation:ablate_main",
 }
 
 

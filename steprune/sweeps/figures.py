@@ -1,0 +1,75 @@
+"""Figures logged as MLflow artifacts: retention vs K (Pareto front) of a sweep, K histogram of a run, ablation bars.
+
+    fig = retention_vs_k([(12.0, 0.91, 0), (20.0, 0.97, 1)], title="study x")
+    MlflowClient().log_figure(run_id, fig, "figures/retention_vs_k.png")
+
+Built on `matplotlib.figure.Figure` directly (no pyplot, no global backend state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from matplotlib.figure import Figure
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated points when K is minimised and retention maximised, by increasing K."""
+    front = []
+    for i, (k, r) in enumerate(points):
+        dominated = any((k2 <= k and r2 >= r) and (k2 < k or r2 > r) for j, (k2, r2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
+
+
+def retention_vs_k(points: Sequence[tuple[float, float, int]], title: str = "") -> Figure:
+    """Scatter of (mean K, retention, trial number) with the Pareto front drawn as a step line."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    if points:
+        ks, rs, numbers = zip(*points, strict=True)
+        ax.scatter(ks, [100 * r for r in rs], c="tab:blue", alpha=0.6, label="trials")
+        for k, r, n in points:
+            ax.annotate(str(n), (k, 100 * r), fontsize=7, alpha=0.7, xytext=(3, 3), textcoords="offset points")
+        front = pareto_front([(k, r) for k, r, _ in points])
+        ax.step([ks[i] for i in front], [100 * rs[i] for i in front], where="post", c="tab:red", label="Pareto front")
+        ax.scatter([ks[i] for i in front], [100 * rs[i] for i in front], c="tab:red", zorder=3)
+        ax.legend()
+    ax.set_xlabel("mean K (visual tokens kept)")
+    ax.set_ylabel("retention (%)")
+    ax.set_title(title or "retention vs K")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def k_histogram(ks: Sequence[int], title: str = "") -> Figure:
+    """Histogram of the per-sample number of kept visual tokens (adaptive K)."""
+    fig = Figure(figsize=(5, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    if ks:
+        lo, hi = min(ks), max(ks)
+        ax.hist(ks, bins=range(lo, hi + 2), align="left", color="tab:green", edgecolor="white")
+        ax.axvline(sum(ks) / len(ks), c="k", ls="--", label=f"mean {sum(ks) / len(ks):.1f}")
+        ax.legend()
+    ax.set_xlabel("K (visual tokens kept)")
+    ax.set_ylabel("samples")
+    ax.set_title(title or "K per sample")
+    return fig
+
+
+def ablation_bars(rows: Sequence[dict], title: str = "") -> Figure:
+    """Mean ± std retention per variant (bars) with mean K annotated."""
+    fig = Figure(figsize=(max(5, 1.1 * len(rows)), 4), layout="constrained")
+    ax = fig.add_subplot()
+    names = [r["variant"] for r in rows]
+    means = [100 * r["retention_mean"] for r in rows]
+    stds = [100 * r["retention_std"] for r in rows]
+    bars = ax.bar(names, means, yerr=stds, capsize=4, color="tab:purple", alpha=0.8)
+    for bar, r in zip(bars, rows, strict=True):
+        ax.annotate(f"K={r['k_mean']:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                    va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")  # fmt: skip
+    ax.set_ylabel("retention (%)")
+    ax.set_title(title or "ablation")
+    ax.tick_params(axis="x", labelrotation=30)
+    return fig

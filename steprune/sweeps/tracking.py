@@ -1,0 +1,108 @@
+"""The MLflow side of sweeps and ablations: one parent run per study (or grid), one nested run per trial.
+
+    tracker = Tracker(tracking_uri=None, experiment="sweeps")          # $MLFLOW_TRACKING_URI or sqlite:///mlruns.db
+    parent = tracker.parent_run({"sweep.study": "x", ...}, run_name="x")   # found again on a rerun
+    child = tracker.child_run(parent, "x-trial-3", tags={...})          # Lightning's MLFlowLogger gets run_id=child
+
+Nesting is the `mlflow.parentRunId` tag on the child: exactly what `mlflow.start_run(nested=True)` writes
+(mlflow/tracking/fluent.py) and what the UI groups runs by. The runs are created with the client, not the
+fluent API, so no global "active run" is involved and the trial's Lightning logger writes into the same run.
+Every run carries the comparison tags: method, budget, seed, variant, git commit.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """HEAD of the working tree (`-dirty` when tracked files changed), or `unknown` outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+class Tracker:
+    """An MLflow client bound to one tracking URI and one experiment (created when missing)."""
+
+    def __init__(self, uri: str | None, experiment: str) -> None:
+        self.uri = tracking_uri(uri)
+        self.client = MlflowClient(self.uri)
+        self.experiment = experiment
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None and found.lifecycle_stage == "deleted":
+            self.client.restore_experiment(found.experiment_id)
+        if found is None:
+            try:
+                self.experiment_id = self.client.create_experiment(experiment)
+            except Exception:  # another worker created it first
+                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+        else:
+            self.experiment_id = found.experiment_id
+
+    def find(self, tags: dict[str, str], parent_id: str | None = None) -> list[Any]:
+        """Live runs of the experiment carrying all `tags` (oldest first)."""
+        clauses = [f"tags.`{k}` = '{_quote(str(v))}'" for k, v in tags.items()]
+        if parent_id is not None:
+            clauses.append(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'")
+        runs = self.client.search_runs(
+            [self.experiment_id], " and ".join(clauses), max_results=5000, order_by=["attributes.start_time ASC"]
+        )
+        return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+    def parent_run(self, key: dict[str, str], run_name: str, tags: dict[str, str] | None = None) -> str:
+        """The parent run identified by `key` tags: the existing one (rerun, other workers) or a new one.
+
+        Two workers starting together may both create one; both then pick the oldest and the loser
+        deletes its own, so every worker nests its trials under the same parent."""
+        key = {**key, "sweep.role": "parent"}
+        runs = self.find(key)
+        if not runs:
+            all_tags = {**(tags or {}), **key, MLFLOW_RUN_NAME: run_name, "git_commit": git_commit()}
+            mine = self.client.create_run(self.experiment_id, tags=all_tags, run_name=run_name).info.run_id
+            runs = self.find(key)
+            chosen = runs[0].info.run_id if runs else mine
+            if chosen != mine:
+                self.client.delete_run(mine)
+            return chosen
+        run_id = runs[0].info.run_id
+        if runs[0].info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def child_run(self, parent_id: str, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+        tags = {**tags, MLFLOW_PARENT_RUN_ID: parent_id, MLFLOW_RUN_NAME: run_name, "git_commit": git_commit()}
+        run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
+        for name, value in params.items():
+            self.client.log_param(run_id, name, value)
+        return run_id
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        assert status in ("FINISHED", "FAILED", "KILLED"), status
+        self.client.set_terminated(run_id, status)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        for name, value in metrics.items():
+            self.client.log_metric(run_id, name, float(value), step=step)
