@@ -110,13 +110,22 @@ class Sweep:
             offset = len(self.study.get_trials(deepcopy=False)) + 1000 * self.worker
             self.study.sampler = make_sampler(self.spec.sampler, offset)
             trial = self.study.ask()
-            params = {name: p.suggest(trial) for name, p in self.spec.params.items()}
+            try:
+                params = {name: p.suggest(trial) for name, p in self.spec.params.items()}
+            except Exception as error:  # e.g. an enqueued value outside a log-scale range
+                params = None
+                reason = f"{type(error).__name__} while sampling the parameters: {error}"
             if rank(self.study, trial.number) > self.spec.n_trials:  # another worker took the last place
                 frozen = self.storage.get_trial(self.trial_id(trial.number))
                 again = any(k in frozen.user_attrs for k in ("enqueued", "retry_of"))
                 requeue(self.study, self.storage, frozen, "surplus: n_trials already claimed", enqueue_again=again)
                 break
-            self.run_trial(trial, params, extra_args)
+            if params is None:
+                trial.set_user_attr("error", reason)
+                self.study.tell(trial, state=TrialState.FAIL)
+                log.warning("trial %d FAILED: %s", trial.number, reason)
+            else:
+                self.run_trial(trial, params, extra_args)
             ran += 1
             self.update_parent()
         summary = self.update_parent()

@@ -71,8 +71,10 @@ def test_minimal_sweep_defaults():
         ({"params": {"lam": {"path": "model.lam", "lo": 0.1, "high": 1.0}}}, "did you mean 'low'"),
         ({"sampler": {"name": "tpee"}}, "did you mean 'tpe'"),
         ({"sampler": {"name": "tpe", "n_startup": 3}}, "sampler: unknown key 'n_startup'"),
-        ({"pruner": "median", "metric": None, "objectives": [{"metric": "val/retention"}, {"metric": "val/k_mean"}]},
-         "prunes single-objective studies only"),  # fmt: skip
+        (
+            {"pruner": "median", "metric": None, "objectives": [{"metric": "val/retention"}, {"metric": "val/k_mean"}]},
+            "prunes single-objective studies only",
+        ),  # fmt: skip
         ({"metric": "retention"}, "not a logged metric"),
         ({"storage": "optuna.db"}, "is not sqlite:///file.db"),
         ({"experiment": "experiments/nope.yaml"}, "does not exist"),
