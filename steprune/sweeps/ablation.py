@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,15 +27,19 @@ from typing import Any
 from steprune.sweeps.figures import ablation_bars, k_histogram
 from steprune.sweeps.spec import AblationSpec, load_spec
 from steprune.sweeps.tracking import Tracker
-from steprune.sweeps.train import TrainRequest, train_run
+from steprune.sweeps.train import TrainRequest, check_args, train_run
 
 log = logging.getLogger("steprune.sweeps")
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value; NaN propagates, e.g. a 0-accuracy reference)."""
     if not values:
         return float("nan"), float("nan")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 class Ablation:
@@ -67,22 +71,12 @@ class Ablation:
         tags = {**self.cell_tags(variant, seed), "method": "stepprune", "budget": "adaptive", **spec.training.tags}
         run_id = self.tracker.child_run(self.parent, f"{variant}-seed{seed}", tags, overrides)
         try:
-            result = train_run(
-                TrainRequest(
-                    configs=spec.training.experiment,
-                    overrides=overrides,
-                    seed=seed,
-                    run_id=run_id,
-                    tracking_uri=self.tracker.uri,
-                    experiment=spec.mlflow.experiment,
-                    workdir=Path(spec.training.workdir) / spec.name / f"{variant}-seed{seed}",
-                    extra_args=[*spec.training.train_args, *extra_args],
-                )
-            )
-            metrics = {k: v for k, v in result.metrics.items() if k.startswith("val/")}
+            result = train_run(self.request(variant, seed, run_id, extra_args))
+            metrics = {k: v for k, v in result.metrics.items() if k.startswith("val/")}  # logged by Lightning
             if spec.test_limit > 0:
-                metrics.update(self.test(result.backbone, str(result.selector), run_id, variant, seed))
-            self.tracker.log_metrics(run_id, metrics, step=result.global_step)
+                test = self.test(result.backbone, str(result.selector), run_id, variant, seed)
+                self.tracker.log_metrics(run_id, test, step=result.global_step)
+                metrics.update(test)
             missing = [m for m in spec.metrics.values() if m not in metrics]
             if missing:
                 raise KeyError(f"metric(s) {missing} were never logged (logged: {sorted(metrics)})")
@@ -108,8 +102,23 @@ class Ablation:
             "test/k_mean": row["k_mean"],
         }
 
+    def request(self, variant: str, seed: int, run_id: str, extra_args: Sequence[str]) -> TrainRequest:
+        spec = self.spec
+        return TrainRequest(
+            configs=spec.training.experiment,
+            overrides=spec.variants[variant],
+            seed=seed,
+            run_id=run_id,
+            tracking_uri=self.tracker.uri,
+            experiment=spec.mlflow.experiment,
+            workdir=Path(spec.training.workdir) / spec.name / f"{variant}-seed{seed}",
+            extra_args=[*spec.training.train_args, *extra_args],
+        )
+
     def run(self, extra_args: Sequence[str] = ()) -> dict[str, Any]:
         spec = self.spec
+        for variant in spec.variants:  # every variant's command line parses before anything trains
+            check_args(self.request(variant, spec.seeds[0], "0" * 32, extra_args))
         cells: dict[str, dict[int, dict[str, float]]] = {v: {} for v in spec.variants}
         errors: dict[str, str] = {}
         reused = 0

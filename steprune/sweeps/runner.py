@@ -46,7 +46,7 @@ from steprune.sweeps.study import (
     requeue,
 )
 from steprune.sweeps.tracking import Tracker
-from steprune.sweeps.train import TrainRequest, train_run
+from steprune.sweeps.train import TrainRequest, check_args, train_run
 
 log = logging.getLogger("steprune.sweeps")
 RETENTION, K_MEAN = "val/retention", "val/k_mean"
@@ -100,10 +100,34 @@ class Sweep:
         live = [t for t in trials if t.state == TrialState.RUNNING and not is_stale(t, self.spec.stale_after_s)]
         return sum(counts(t) for t in trials) + len(live)
 
+    def check(self, extra_args: Sequence[str]) -> None:
+        """Parse the trials' command line (the first choice of every parameter) before claiming any trial."""
+        first = {p.path: p.choices[0] if p.type == "categorical" else p.low for p in self.spec.params.values()}
+        request = TrainRequest(
+            configs=self.spec.training.experiment,
+            overrides=first,
+            seed=self.spec.seed,
+            run_id="0" * 32,
+            tracking_uri=self.tracker.uri,
+            experiment=self.spec.mlflow.experiment,
+            workdir=Path(self.spec.training.workdir),
+            extra_args=[*self.spec.training.train_args, *extra_args],
+        )
+        try:
+            check_args(request)
+        except ValueError as error:
+            raise SweepConfigError(f"{self.spec.source}: {error}") from error
+
     def run(self, max_trials: int | None = None, extra_args: Sequence[str] = ()) -> dict[str, Any]:
+        self.check(extra_args)
         recovered = recover_stale(self.study, self.storage, self.spec.stale_after_s)
         if recovered:
             log.warning("trials %s were left RUNNING by a stopped worker: marked FAIL and re-queued", recovered)
+        for number in recovered:  # their MLflow runs stopped with their worker
+            run_id = self.storage.get_trial(self.trial_id(number)).user_attrs.get("mlflow_run_id")
+            if run_id is not None:
+                self.tracker.client.set_tag(run_id, "optuna.state", "FAIL (killed, re-queued)")
+                self.tracker.finish(run_id, "KILLED")
         ran = 0
         while (max_trials is None or ran < max_trials) and self.claimed() < self.spec.n_trials:
             # reseed per ask: a resumed run or a second worker does not replay the same random start-up points
@@ -267,9 +291,6 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--worker", type=int, default=0, help="this worker's index (offsets the sampler seed)")
     parser.add_argument("--max-trials", type=int, default=None, help="run at most this many trials in this process")
     args, train_args = parser.parse_known_args(argv)  # the rest goes to every trial's `steprune train fit`
-    bad = [a for a in train_args if a.startswith("-") and not a.startswith("--") or a in ("-h",)]
-    if bad:
-        parser.error(f"unknown option(s) {bad}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_spec(args.config)

@@ -76,6 +76,30 @@ def build_argv(request: TrainRequest) -> list[str]:
     return argv
 
 
+class _ParseOnlyCLI(StepPruneCLI):
+    """The real parser and its validation, without building the model or the data."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def check_args(request: TrainRequest) -> None:
+    """Parse the run's command line once, before any trial: a typo must not fail every trial of a study."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+        warnings.filterwarnings("ignore", message=".*seed.*")
+        try:
+            _ParseOnlyCLI(
+                StepPruneModule,
+                subclass_mode_data=True,
+                run=False,
+                args=build_argv(request)[1:],  # no `fit` subcommand with run=False
+                parser_kwargs={"exit_on_error": False},
+            )
+        except Exception as error:
+            raise ValueError(f"the training command line does not parse: {error}") from error
+
+
 def train_run(request: TrainRequest) -> TrainResult:
     Path(request.workdir).mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
