@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import subprocess
+import time
 from typing import Any
 
 from mlflow import MlflowClient
@@ -51,7 +53,14 @@ class Tracker:
         self.uri = tracking_uri(uri)
         self.client = MlflowClient(self.uri)
         self.experiment = experiment
-        found = self.client.get_experiment_by_name(experiment)
+        for attempt in range(5):  # workers starting together on a fresh SQLite DB race to create its tables
+            try:
+                found = self.client.get_experiment_by_name(experiment)
+                break
+            except Exception:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 + random.random())
         if found is not None and found.lifecycle_stage == "deleted":
             self.client.restore_experiment(found.experiment_id)
         if found is None:

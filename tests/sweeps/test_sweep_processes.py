@@ -105,11 +105,10 @@ def test_two_workers_share_one_study(micro_base_dir, tmp_path, backend):
     url = f"journal://{tmp_path / 'study.journal'}" if backend == "journal" else f"sqlite:///{tmp_path / 'optuna.db'}"
     n = 6
     config = write_micro_sweep(
-        tmp_path, micro_base_dir, name="workers", n_trials=n, storage=url, pruner={"name": "none"}
+        tmp_path, micro_base_dir, name="workers", n_trials=n, storage=url, pruner={"name": "none"}, steps=8
     )
     MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}").search_experiments()  # create the tracking DB once
-    first = _worker(config, tmp_path, "--worker", "0")
-    _wait(first, lambda: len(_trials(url, "workers")) > 0, 300, "the study exists")
+    first = _worker(config, tmp_path, "--worker", "0")  # both start together: one creates the study, one loads it
     second = _worker(config, tmp_path, "--worker", "1")
     for proc in (first, second):
         assert proc.wait(timeout=600) == 0, (tmp_path / "worker--worker-0.log").read_text()[-3000:]
