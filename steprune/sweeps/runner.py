@@ -57,6 +57,25 @@ def _final(metrics: dict[str, float]) -> dict[str, float]:
     return {f"final/{k.split('/', 1)[1]}": v for k, v in metrics.items() if k.startswith("val/")}
 
 
+def check_sweep(spec: SweepSpec, extra_args: Sequence[str] = ()) -> None:
+    """Parse the trials' command line (the first value of every parameter) before any trial is claimed."""
+    first = {p.path: p.choices[0] if p.type == "categorical" else p.low for p in spec.params.values()}
+    request = TrainRequest(
+        configs=spec.training.experiment,
+        overrides=first,
+        seed=spec.seed,
+        run_id="0" * 32,
+        tracking_uri="sqlite:///unused.db",
+        experiment=spec.mlflow.experiment,
+        workdir=Path(spec.training.workdir),
+        extra_args=[*spec.training.train_args, *extra_args],
+    )
+    try:
+        check_args(request)
+    except ValueError as error:
+        raise SweepConfigError(f"{spec.source}: {error}") from error
+
+
 class Sweep:
     """One worker of a study: open (or resume) it, run trials until n_trials are claimed, summarise."""
 
@@ -100,26 +119,8 @@ class Sweep:
         live = [t for t in trials if t.state == TrialState.RUNNING and not is_stale(t, self.spec.stale_after_s)]
         return sum(counts(t) for t in trials) + len(live)
 
-    def check(self, extra_args: Sequence[str]) -> None:
-        """Parse the trials' command line (the first choice of every parameter) before claiming any trial."""
-        first = {p.path: p.choices[0] if p.type == "categorical" else p.low for p in self.spec.params.values()}
-        request = TrainRequest(
-            configs=self.spec.training.experiment,
-            overrides=first,
-            seed=self.spec.seed,
-            run_id="0" * 32,
-            tracking_uri=self.tracker.uri,
-            experiment=self.spec.mlflow.experiment,
-            workdir=Path(self.spec.training.workdir),
-            extra_args=[*self.spec.training.train_args, *extra_args],
-        )
-        try:
-            check_args(request)
-        except ValueError as error:
-            raise SweepConfigError(f"{self.spec.source}: {error}") from error
-
     def run(self, max_trials: int | None = None, extra_args: Sequence[str] = ()) -> dict[str, Any]:
-        self.check(extra_args)
+        check_sweep(self.spec, extra_args)
         recovered = recover_stale(self.study, self.storage, self.spec.stale_after_s)
         if recovered:
             log.warning("trials %s were left RUNNING by a stopped worker: marked FAIL and re-queued", recovered)

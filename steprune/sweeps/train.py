@@ -48,8 +48,9 @@ class TrainResult:
 
 
 def cli_value(value: Any) -> str:
-    """A value as jsonargparse reads it back exactly (YAML/JSON scalars)."""
-    return json.dumps(value)
+    """A value as jsonargparse reads it back exactly: strings as they are (a quoted "full" is no Literal
+    choice), everything else as JSON (true/false/null, numbers with full precision, lists)."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def build_argv(request: TrainRequest) -> list[str]:

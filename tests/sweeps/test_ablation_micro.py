@@ -21,8 +21,8 @@ def _grid(root, base, **changes):
         "experiment": EXPERIMENT,
         "train_args": micro_train_args(base, steps=1, val_every=1),
         "seeds": [0, 1],
-        "axes": {"encoder": {"path": "model.causal", "values": {"bidirectional": False, "causal": True}}},
-        "reference": "bidirectional",
+        "axes": {"aggregation": {"path": "model.aggregation", "values": {"full": "full", "last_step": "last_step"}}},
+        "reference": "full",
         "test_limit": 4,
         "metrics": {"retention": "val/retention", "k": "val/k_mean"},  # the micro model may score 0 on test
         "mlflow": {"experiment": "ablation-micro"},
@@ -42,13 +42,13 @@ def test_micro_ablation_runs_summarises_and_resumes(micro_base_dir, tmp_path, mo
     config = _grid(tmp_path, micro_base_dir)
     assert ablate_main(["--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert "ablation micro_grid" in out and "bidirectional > causal" in out
+    assert "ablation micro_grid" in out and "full > last_step" in out
     report = json.loads((tmp_path / "reports" / "ablation_micro.json").read_text())
     rows = {r["variant"]: r for r in report["rows"]}
-    assert set(rows) == {"bidirectional", "causal"} and all(r["seeds"] == [0, 1] for r in rows.values())
+    assert set(rows) == {"full", "last_step"} and all(r["seeds"] == [0, 1] for r in rows.values())
     assert all(r["retention_mean"] >= 0 and r["retention_std"] >= 0 and r["k_mean"] > 0 for r in rows.values())
-    assert [c["claim"] for c in report["paper_ordering"]] == ["bidirectional > causal"]
-    assert "| bidirectional | 2 |" in (tmp_path / "reports" / "ablation_micro.md").read_text()
+    assert [c["claim"] for c in report["paper_ordering"]] == ["full > last_step"]
+    assert "| full | 2 |" in (tmp_path / "reports" / "ablation_micro.md").read_text()
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("ablation-micro")
@@ -57,12 +57,13 @@ def test_micro_ablation_runs_summarises_and_resumes(micro_base_dir, tmp_path, mo
     cells = [r for r in runs if r.data.tags.get("sweep.role") == "cell"]
     assert len(parent) == 1 and parent[0].info.status == "FINISHED" and len(cells) == 4
     assert {(r.data.tags["variant"], r.data.tags["seed"]) for r in cells} == {
-        (v, s) for v in ("bidirectional", "causal") for s in ("0", "1")
+        (v, s) for v in ("full", "last_step") for s in ("0", "1")
     }
     for run in cells:
         assert run.data.tags["mlflow.parentRunId"] == parent[0].info.run_id and run.info.status == "FINISHED"
         assert {"method", "budget", "seed", "variant", "git_commit"} <= set(run.data.tags)
-        assert run.data.params["model.causal"] == str(run.data.tags["variant"] == "causal")
+        variant = run.data.tags["variant"]
+        assert run.data.params["model.aggregation"] == variant and run.data.params["aggregation"] == variant
         assert {"test/retention", "test/k_mean", "val/retention"} <= set(run.data.metrics)
         assert "figures/k_histogram.png" in {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"ablation.md", "ablation.json"} <= {a.path for a in client.list_artifacts(parent[0].info.run_id)}

@@ -8,7 +8,9 @@ import optuna
 import pytest
 import yaml
 
+from steprune.sweeps.runner import check_sweep
 from steprune.sweeps.spec import AblationSpec, SweepConfigError, SweepSpec, load_spec, parse_ablation, parse_sweep
+from steprune.sweeps.train import TrainRequest, check_args
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -37,8 +39,22 @@ def test_every_sweep_file_parses_and_starts_with_its_command(path):
         for name, p in spec.params.items():
             if p.type != "categorical":
                 assert p.low <= values[name] <= p.high
+        check_sweep(spec)  # the training CLI accepts the file's configs + train_args + parameter paths
     else:
         assert len(spec.seeds) >= 3 and spec.reference in spec.variants
+        for overrides in spec.variants.values():
+            check_args(
+                TrainRequest(
+                    spec.training.experiment,
+                    overrides,
+                    0,
+                    "0" * 32,
+                    "sqlite:///unused.db",
+                    "e",
+                    Path("."),
+                    spec.training.train_args,
+                )  # fmt: skip
+            )
 
 
 def _sweep(**changes):
