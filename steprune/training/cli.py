@@ -21,7 +21,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 
 from steprune.training.export import ExportSelector
-from steprune.training.schedules import TemperatureSchedule, TextGateSchedule
+from steprune.training.schedules import LengthPenaltySchedule, TemperatureSchedule, TextGateSchedule
 from steprune.training.stepprune_module import StepPruneModule
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
@@ -41,6 +41,7 @@ class StepPruneCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
         parser.add_lightning_class_args(TextGateSchedule, "text_gate")
         parser.add_lightning_class_args(TemperatureSchedule, "temperature")
+        parser.add_lightning_class_args(LengthPenaltySchedule, "length_warmup")
         parser.add_lightning_class_args(ExportSelector, "export")
         parser.link_arguments("model.backbone", "data.init_args.backbone")
         parser.set_defaults(

@@ -84,3 +84,22 @@ class TemperatureSchedule(_StepSchedule):
         if self.shape == "exponential":
             return self.start * (self.end / self.start) ** f
         return self.end + 0.5 * (self.start - self.end) * (1 + math.cos(math.pi * f))
+
+
+class LengthPenaltySchedule(_StepSchedule):
+    """Scales λ from 0 to 1 over `warmup_steps`: the selector first learns which tokens matter, then to stop.
+
+    Without it a strong λ can drive K to 0 before the LM loss has said which tokens help (K = 0 is
+    absorbing: with k̄ = 0 every token is noise and no gradient prefers one token over another).
+    """
+
+    attribute = "lam_scale"
+
+    def __init__(self, warmup_steps: int = 0) -> None:
+        super().__init__()
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.warmup_steps = warmup_steps
+
+    def value(self, step: int) -> float:
+        return 1.0 if self.warmup_steps == 0 else min(1.0, step / self.warmup_steps)

@@ -58,6 +58,7 @@ class StepPruneModule(L.LightningModule):
         aggregation: Aggregation = "full",
         polarisation: str = "ot",
         k_bar_momentum: float = 0.9,
+        min_k_bar: float = 1.0,
         lr: float = 3e-4,
         weight_decay: float = 0.01,
         warmup_steps: int = 20,
@@ -89,6 +90,7 @@ class StepPruneModule(L.LightningModule):
         )
         self.alpha = 0.0  # the text gate, annealed by TextGateSchedule
         self.tau = tau  # the pointer temperature, annealed by TemperatureSchedule
+        self.lam_scale = 1.0  # λ's warm-up factor, set by LengthPenaltySchedule
         self.register_buffer("k_bar", torch.tensor(-1.0))  # running mean of the hard K (-1: unset)
         self.register_buffer("unpruned_acc", torch.tensor(-1.0))  # cached: the frozen model never changes
         self.strict_loading = False  # checkpoints carry no backbone weights
@@ -121,7 +123,9 @@ class StepPruneModule(L.LightningModule):
             vision = self.adapter.encode_images(**vision_inputs)
             prompt = batch["labels"] == -100
             text, text_mask = self.adapter.prompt_embeddings(batch["input_ids"], batch["attention_mask"], prompt)
-        k_bar = None if float(self.k_bar) < 0 else self.k_bar
+        # k̄ for SoftTopK: the running mean of the hard K, floored so that a selector that stops early still
+        # lets a few tokens through the gate (else no gradient can tell which tokens matter)
+        k_bar = None if float(self.k_bar) < 0 else self.k_bar.clamp(min=self.hparams.min_k_bar)
         out = self.selector.forward_train(
             vision.vision_features,
             text,
@@ -144,7 +148,7 @@ class StepPruneModule(L.LightningModule):
             use_cache=False,
         )
         n = vision.vision_features.shape[1]
-        len_penalty = self.hparams.lam * out["expected_length"].mean() / n
+        len_penalty = self.lam_scale * self.hparams.lam * out["expected_length"].mean() / n
         loss = lm.loss + len_penalty
         hard_k = out["k"].float().mean().detach()
         with torch.no_grad():
@@ -161,6 +165,7 @@ class StepPruneModule(L.LightningModule):
                 "train/k_bar": self.k_bar,
                 "train/alpha": float(self.alpha),
                 "train/tau": float(self.tau),
+                "train/lam_scale": float(self.lam_scale),
             },
             prog_bar=False,
             batch_size=size,

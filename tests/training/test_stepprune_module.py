@@ -116,3 +116,25 @@ def test_resume_continues_schedules_exactly(backbone, tmp_path):
 def test_normalise_answer():
     assert normalise_answer("  Red.") == "red"
     assert normalise_answer("the circle") == "circle"
+
+
+def test_length_penalty_warmup_and_k_bar_floor(backbone, tmp_path):
+    from steprune.training.schedules import LengthPenaltySchedule
+
+    module = StepPruneModule(backbone, t_max=8, min_k_bar=3.0)
+    module.k_bar.fill_(0.0)  # a selector that has learned to stop at once
+    train, val = loaders(backbone)
+    warmup = LengthPenaltySchedule(warmup_steps=4)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[warmup],
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, train, val)
+    assert module.lam_scale == pytest.approx(0.5)
+    assert float(trainer.callback_metrics["train/lam_scale"]) == pytest.approx(0.25)
+    assert LengthPenaltySchedule(0).value(0) == 1.0
