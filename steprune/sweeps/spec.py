@@ -24,7 +24,7 @@ import yaml
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 SAMPLERS = ("tpe", "nsga2", "random")
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "hyperband", "threshold", "none")
 DIRECTIONS = ("maximize", "minimize")
 
 
@@ -224,6 +224,7 @@ def optuna_class(name: str) -> Any:
         "random": optuna.samplers.RandomSampler,
         "median": optuna.pruners.MedianPruner,
         "hyperband": optuna.pruners.HyperbandPruner,
+        "threshold": optuna.pruners.ThresholdPruner,
     }[name]
 
 

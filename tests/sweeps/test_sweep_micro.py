@@ -106,3 +106,26 @@ def test_rerun_resumes_the_same_study(micro_sweep, capsys):
     experiment = client.get_experiment_by_name("sweeps-micro")
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
     assert sorted(int(r.data.tags["sweep.trial"]) for r in children) == [0, 1, 2, 3]
+
+
+def test_a_pruned_trial_stops_early_and_is_recorded(micro_base_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # retention can never reach 10: the first validation (step 1 of 3) prunes the trial
+    config = write_micro_sweep(
+        tmp_path, micro_base_dir, name="pruned", n_trials=1, steps=3, pruner={"name": "threshold", "lower": 10.0}
+    )
+    assert run_sweep(config)["pruned"] == 1
+    (trial,) = _study(config).trials
+    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [1]
+    run = MlflowClient(uri).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "PRUNED"
+    history = MlflowClient(uri).get_metric_history(run.info.run_id, "val/retention")
+    assert len(history) == 1, "training stopped at the pruning validation"
+    import torch
+
+    last = torch.load(
+        tmp_path / "checkpoints" / "pruned" / "trial-0000" / "checkpoints" / "last.ckpt", weights_only=False
+    )
+    assert last["global_step"] == 1, "1 of 3 steps"
