@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from steprune.sweeps.figures import ablation_bars, k_histogram
-from steprune.sweeps.spec import AblationSpec, load_spec
+from steprune.sweeps.spec import AblationSpec, SweepConfigError, load_spec
 from steprune.sweeps.tracking import Tracker
 from steprune.sweeps.train import TrainRequest, check_args, train_run
 
@@ -253,14 +253,21 @@ def run_ablation(config: str | Path | AblationSpec, extra_args: Sequence[str] = 
 
 
 def ablate_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="steprune ablate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="steprune ablate",
+        description=__doc__.splitlines()[0],
+        epilog="Any other --option goes to every run's `steprune train fit` (e.g. --trainer.max_steps=100).",
+    )
     parser.add_argument("--config", default="sweeps/ablation_table4.yaml", help="an ablation grid under sweeps/")
     args, train_args = parser.parse_known_args(argv)  # the rest goes to every run's `steprune train fit`
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    spec = load_spec(args.config)
-    if not isinstance(spec, AblationSpec):
-        parser.error(f"{args.config} is a sweep: run `steprune sweep --config {args.config}`")
-    report = Ablation(spec).run(train_args)
+    try:
+        spec = load_spec(args.config)
+        if not isinstance(spec, AblationSpec):
+            parser.error(f"{args.config} is a sweep: run `steprune sweep --config {args.config}`")
+        report = Ablation(spec).run(train_args)
+    except (SweepConfigError, ValueError) as error:
+        parser.error(str(error))
     print_report(report)
     print(f"-> {Path(spec.out).with_suffix('.md')}")
     return 1 if report["errors"] else 0

@@ -120,7 +120,7 @@ class Sweep:
         return sum(counts(t) for t in trials) + len(live)
 
     def run(self, max_trials: int | None = None, extra_args: Sequence[str] = ()) -> dict[str, Any]:
-        check_sweep(self.spec, extra_args)
+        """Run trials until the study holds n_trials (or `max_trials` ran here); call `check_sweep` first."""
         recovered = recover_stale(self.study, self.storage, self.spec.stale_after_s)
         if recovered:
             log.warning("trials %s were left RUNNING by a stopped worker: marked FAIL and re-queued", recovered)
@@ -282,11 +282,16 @@ def run_sweep(
     spec = config if isinstance(config, SweepSpec) else load_spec(config)
     if not isinstance(spec, SweepSpec):
         raise SweepConfigError(f"{config}: an ablation grid; run it with `steprune ablate --config {config}`")
+    check_sweep(spec, extra_args)
     return Sweep(spec, storage, worker).run(max_trials, extra_args)
 
 
 def sweep_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="steprune sweep", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="steprune sweep",
+        description=__doc__.splitlines()[0],
+        epilog="Any other --option goes to every trial's `steprune train fit` (e.g. --trainer.max_steps=50).",
+    )
     parser.add_argument("--config", required=True, help="a sweep file under sweeps/")
     parser.add_argument("--storage", default=None, help="override the file's Optuna storage URL")
     parser.add_argument("--worker", type=int, default=0, help="this worker's index (offsets the sampler seed)")
@@ -294,11 +299,15 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     args, train_args = parser.parse_known_args(argv)  # the rest goes to every trial's `steprune train fit`
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec = load_spec(args.config)
-    if not isinstance(spec, SweepSpec):
-        parser.error(f"{args.config} is an ablation grid: run `steprune ablate --config {args.config}`")
-    sweep = Sweep(spec, args.storage, args.worker)
-    summary = sweep.run(args.max_trials, train_args)
+    try:
+        spec = load_spec(args.config)
+        if not isinstance(spec, SweepSpec):
+            parser.error(f"{args.config} is an ablation grid: run `steprune ablate --config {args.config}`")
+        check_sweep(spec, train_args)  # before any storage, study or MLflow run is touched
+        sweep = Sweep(spec, args.storage, args.worker)
+        summary = sweep.run(args.max_trials, train_args)
+    except SweepConfigError as error:
+        parser.error(str(error))
     print_trials(sweep.study)
     print(summary)
     return 0
