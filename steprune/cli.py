@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("eval", help="accuracy + retention on a benchmark suite (`steprune eval --help`)", add_help=False)
     sub.add_parser("bench", help="FLOPs + prefill latency of every method (`steprune bench --help`)", add_help=False)
+    sub.add_parser("sweep", help="Optuna sweep tracked in MLflow, resumable (`steprune sweep --help`)", add_help=False)
+    sub.add_parser("ablate", help="the Table 4 ablation grid over seeds (`steprune ablate --help`)", add_help=False)
     return parser
 
 

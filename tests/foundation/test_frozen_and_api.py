@@ -52,7 +52,7 @@ def test_cli_help_and_methods(capsys):
 def test_cli_delegates_eval_and_bench_help(capsys):
     import pytest
 
-    for command in ("eval", "bench"):
+    for command in ("eval", "bench", "base", "sweep", "ablate"):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
