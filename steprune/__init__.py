@@ -1,7 +1,7 @@
 """steprune: visual-token pruning for multimodal LLMs — StepPrune and the training-free baselines.
 
-    import steprune
-    vlm = steprune.PrunedVLM.from_pretrained(path, method="uniform", budget=64)
+import steprune
+vlm = steprune.PrunedVLM.from_pretrained(path, method="uniform", budget=64)
 """
 
 from steprune.pruned_vlm import PrunedOutput, PrunedVLM

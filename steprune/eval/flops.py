@@ -133,8 +133,7 @@ def in_llm_prefill_flops(
     """
     layers, d, m = _llm_dims(text_config)
     total = sum(
-        decoder_layer_flops(text_tokens + v, d, m)
-        for v in _visual_tokens_per_layer(layers, visual_tokens_per_stage)
+        decoder_layer_flops(text_tokens + v, d, m) for v in _visual_tokens_per_layer(layers, visual_tokens_per_stage)
     )
     if include_lm_head:
         total += _lm_head_flops(text_config)
@@ -268,9 +267,7 @@ def measured_forward_flops(module_call: Callable[[], Any], count_cpu_sdpa: bool 
     adds one through the per-instance ``custom_mapping`` (no module-level registry is touched).
     """
     mapping = (
-        {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_sdpa_flop}
-        if count_cpu_sdpa
-        else {}
+        {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash_sdpa_flop} if count_cpu_sdpa else {}
     )
     counter = FlopCounterMode(display=False, custom_mapping=mapping)
     with torch.no_grad(), counter:
