@@ -1,140 +1,219 @@
-"""The built-in world's generator: determinism, disjoint splits, answers re-derived from the scene."""
+"""Tests of the built-in world generator: determinism, disjoint splits, answers re-derived independently.
+
+.venv/bin/pytest tests/data/test_world.py -q
+"""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from steprune.data.world import (
+    CAPTION_KIND,
+    QUESTION_KINDS,
+    SPLITS,
     Scene,
+    SceneObject,
     WorldConfig,
     build_dataset,
-    generate_record,
     generate_records,
     load_world,
+    render_scene,
+    sample_scene,
     save_world,
+    split_words,
     world_vocabulary,
 )
-from steprune.data.world.config import SHAPES
 
 CFG = WorldConfig()
-PLURAL = {"crosses": "cross", **{f"{s}s": s for s in SHAPES}}
+N_PER_SPLIT = 200
+PLURAL_TO_SHAPE = {
+    "squares": "square",
+    "circles": "circle",
+    "triangles": "triangle",
+    "crosses": "cross",
+    "diamonds": "diamond",
+}
 
 
-def objects_matching(scene: Scene, phrase: str) -> list:
-    """Objects a noun phrase such as 'red square', 'circle', 'blue object', 'object' refers to."""
+@pytest.fixture(scope="module")
+def records() -> dict[str, list[dict]]:
+    return {split: generate_records(split, N_PER_SPLIT, CFG, seed=0) for split in SPLITS}
+
+
+def _question(rec: dict) -> str:
+    first = rec["conversations"][0]["value"]
+    assert first.startswith("<image>\n"), first
+    return first.removeprefix("<image>\n")
+
+
+def _select(objs: list[dict], phrase: str) -> list[dict]:
+    """Objects matching a noun phrase: 'red square', 'square' or 'red object' (written independently)."""
     words = phrase.split()
-    colour = words[0] if words[0] in CFG.colors else None
-    noun = words[-1]
-    shape = PLURAL.get(noun, noun if noun in SHAPES else None)
-    return [o for o in scene.objects if (colour in (None, o.color)) and (shape in (None, o.shape))]
+    if words[-1] == "object":
+        return [o for o in objs if o["color"] == words[0]]
+    if len(words) == 2:
+        return [o for o in objs if o["color"] == words[0] and o["shape"] == words[1]]
+    return [o for o in objs if o["shape"] == words[0]]
 
 
-def independent_answer(record: dict) -> str:
-    """Answer the record's question from its scene with code written for this test."""
-    scene = Scene.from_json(record["scene"])
-    q = record["conversations"][0]["value"].split("\n", 1)[1]
-    if m := re.fullmatch(r"What (colour|shape) is the (.+)\?", q):
-        (obj,) = objects_matching(scene, m[2])
-        return obj.color if m[1] == "colour" else obj.shape
-    if m := re.fullmatch(r"Is there an? (.+)\?", q):
-        return "yes" if objects_matching(scene, m[1]) else "no"
-    if m := re.fullmatch(r"How many (.+) are there\?", q):
-        return str(len(objects_matching(scene, m[1].removesuffix("s") if m[1].endswith("objects") else m[1])))
-    if m := re.fullmatch(r"Is the (.+) (left or right of|above or below) the (.+)\?", q):
-        (a,), (b,) = objects_matching(scene, m[1]), objects_matching(scene, m[3])
-        ax, ay = a.x + a.size / 2, a.y + a.size / 2
-        bx, by = b.x + b.size / 2, b.y + b.size / 2
-        if m[2] == "left or right of":
-            return "left" if ax < bx else "right"
-        return "above" if ay < by else "below"
-    if m := re.fullmatch(r"What digit is on the (.+)\?", q):
-        (obj,) = objects_matching(scene, m[1])
-        return str(obj.glyph)
-    raise AssertionError(f"unparsed question {q!r}")
+def _only(objs: list[dict], phrase: str) -> dict:
+    hits = _select(objs, phrase)
+    assert len(hits) == 1, f"'{phrase}' is ambiguous or absent: {hits}"
+    return hits[0]
 
 
-def test_same_seed_same_records_and_pixels():
-    a = generate_records("train", 20, CFG, seed=3)
-    b = generate_records("train", 20, CFG, seed=3)
-    c = generate_records("train", 20, CFG, seed=4)
-    for x, y in zip(a, b, strict=True):
-        assert x["conversations"] == y["conversations"] and x["scene"] == y["scene"]
-        assert np.array_equal(np.asarray(x["image"]), np.asarray(y["image"]))
-    assert [x["scene"] for x in a] != [x["scene"] for x in c]
-    assert generate_record("train", 7, CFG, 3)["scene"] == a[7]["scene"], "a record does not depend on its run"
+def _expected(question: str, objs: list[dict]) -> str:
+    """Re-derive the answer from the raw scene JSON by parsing the question text."""
+    if m := re.fullmatch(r"What colour is the (\w+)\?", question):
+        return _only(objs, m[1])["color"]
+    if m := re.fullmatch(r"What shape is the (\w+ object)\?", question):
+        return _only(objs, m[1])["shape"]
+    if m := re.fullmatch(r"Is there an? (\w+) (\w+)\?", question):
+        return "yes" if any(o["color"] == m[1] and o["shape"] == m[2] for o in objs) else "no"
+    if question == "How many objects are there?":
+        return str(len(objs))
+    if m := re.fullmatch(r"How many (\w+) objects are there\?", question):
+        return str(sum(o["color"] == m[1] for o in objs))
+    if m := re.fullmatch(r"How many (\w+) are there\?", question):
+        return str(sum(o["shape"] == PLURAL_TO_SHAPE[m[1]] for o in objs))
+    if m := re.fullmatch(r"Is the (.+?) (left or right of|above or below) the (.+?)\?", question):
+        a, b = _only(objs, m[1]), _only(objs, m[3])
+        key = "x" if m[2].startswith("left") else "y"
+        lo_a, lo_b = a[key], b[key]
+        assert lo_a + a["size"] <= lo_b or lo_b + b["size"] <= lo_a, "objects overlap along the asked axis"
+        before = lo_a < lo_b
+        return ("left" if before else "right") if key == "x" else ("above" if before else "below")
+    if m := re.fullmatch(r"What digit is on the (.+?)\?", question):
+        digit = _only(objs, m[1])["glyph"]
+        assert digit is not None
+        return str(digit)
+    raise AssertionError(f"unparsed question {question!r}")
 
 
-def test_splits_never_share_a_scene_layout():
-    prints = {s: {r["fingerprint"] for r in generate_records(s, 300, CFG, seed=0)} for s in ("train", "val", "test")}
+def test_same_seed_same_records_and_pixels() -> None:
+    a = generate_records("val", 8, CFG, seed=3)
+    b = generate_records("val", 8, CFG, seed=3)
+    c = generate_records("val", 8, CFG, seed=4)
+    for ra, rb in zip(a, b, strict=True):
+        assert {k: v for k, v in ra.items() if k != "image"} == {k: v for k, v in rb.items() if k != "image"}
+        assert np.array_equal(np.asarray(ra["image"]), np.asarray(rb["image"]))
+    assert [r["scene"] for r in a] != [r["scene"] for r in c]
+    # record i does not depend on how many records were asked for
+    assert generate_records("val", 3, CFG, seed=3, start=5)[0]["scene"] == a[5]["scene"]
+    # rendering a scene twice gives the same pixels
+    scene = Scene.from_json(a[0]["scene"])
+    assert np.array_equal(np.asarray(render_scene(scene, CFG)), np.asarray(a[0]["image"]))
+
+
+def test_splits_never_share_a_scene(records: dict[str, list[dict]]) -> None:
+    prints = {split: {r["fingerprint"] for r in recs} for split, recs in records.items()}
     assert not prints["train"] & prints["val"]
     assert not prints["train"] & prints["test"]
     assert not prints["val"] & prints["test"]
+    for recs in records.values():
+        assert all(Scene.from_json(r["scene"]).fingerprint() == r["fingerprint"] for r in recs)
 
 
-@pytest.mark.parametrize("split", ["val", "test"])
-def test_every_answer_matches_the_scene(split):
-    records = generate_records(split, 400, CFG, seed=1)
-    kinds = Counter(r["kind"] for r in records)
-    assert set(kinds) == {"attribute", "existence", "counting", "spatial", "reading"}, kinds
-    for record in records:
-        assert independent_answer(record) == record["answer"], record["conversations"]
-        assert record["conversations"][0]["value"].startswith("<image>\n")
-        assert record["conversations"][1]["value"] == record["answer"]
+def test_every_answer_rederived_from_scene(records: dict[str, list[dict]]) -> None:
+    seen: Counter[str] = Counter()
+    for recs in records.values():
+        for rec in recs:
+            scene = json.loads(rec["scene"])
+            objs = scene["objects"]
+            assert rec["num_objects"] == len(objs)
+            assert rec["conversations"][1] == {"from": "gpt", "value": rec["answer"]}
+            if rec["kind"] == CAPTION_KIND:
+                assert _question(rec) == "Describe the image."
+                n = len(objs)
+                assert rec["answer"].startswith(f"There {'is' if n == 1 else 'are'} {n} object")
+                for o in objs:
+                    assert f"{o['color']} {o['shape']}" in rec["answer"]
+            else:
+                assert rec["answer"] == _expected(_question(rec), objs), rec["id"]
+            seen[rec["kind"]] += 1
+    assert set(seen) == {*QUESTION_KINDS, CAPTION_KIND}, seen
 
 
-def test_existence_is_balanced_and_captions_are_train_only():
-    existence = [r["answer"] for r in generate_records("test", 1200, CFG, seed=2) if r["kind"] == "existence"]
-    assert len(existence) >= 200
-    assert abs(existence.count("yes") / len(existence) - 0.5) < 0.08
-    assert not any(r["kind"] == "describe" for r in generate_records("val", 300, CFG, seed=2))
-    assert any(r["kind"] == "describe" for r in generate_records("train", 300, CFG, seed=2))
+def test_existence_is_balanced(records: dict[str, list[dict]]) -> None:
+    answers = [r["answer"] for recs in records.values() for r in recs if r["kind"] == "existence"]
+    answers += [r["answer"] for r in generate_records("test", 250, WorldConfig(kind_weights={"existence": 1}), 1)]
+    assert len(answers) >= 200
+    assert 0.42 <= answers.count("yes") / len(answers) <= 0.58
+    assert set(answers) == {"yes", "no"}
 
 
-def test_scene_complexity_varies_widely():
-    counts = Counter(r["num_objects"] for r in generate_records("train", 300, CFG, seed=0))
-    assert min(counts) == 1 and max(counts) >= 6
+def test_negatives_are_adversarial_when_possible() -> None:
+    for rec in generate_records("val", 60, WorldConfig(kind_weights={"existence": 1}), 2):
+        objs = json.loads(rec["scene"])["objects"]
+        colors, shapes = {o["color"] for o in objs}, {o["shape"] for o in objs}
+        present = {(o["color"], o["shape"]) for o in objs}
+        if rec["answer"] == "no" and any((c, s) not in present for c in colors for s in shapes):
+            color, shape = re.fullmatch(r"Is there an? (\w+) (\w+)\?", _question(rec)).groups()
+            assert color in colors and shape in shapes
 
 
-def test_glyphs_change_the_pixels_inside_their_object():
-    from steprune.data.world.render import render_scene
+def test_captions_only_in_train(records: dict[str, list[dict]]) -> None:
+    assert any(r["kind"] == CAPTION_KIND for r in records["train"])
+    assert not any(r["kind"] == CAPTION_KIND for r in records["val"] + records["test"])
 
-    scene = next(
-        Scene.from_json(r["scene"])
-        for r in generate_records("train", 200, CFG, seed=0)
-        if any(o.glyph is not None for o in Scene.from_json(r["scene"]).objects)
+
+def test_glyph_changes_pixels_inside_object_only() -> None:
+    scene = sample_scene(np.random.default_rng(0), CFG)
+    obj = SceneObject("yellow", "square", 40, 40, 16, glyph=None)
+    plain = Scene((obj,), (), scene.background, scene.texture_seed, CFG.image_size)
+    marked = Scene(
+        (SceneObject("yellow", "square", 40, 40, 16, glyph=7),),
+        (),
+        plain.background,
+        plain.texture_seed,
+        plain.image_size,
     )
-    obj = next(o for o in scene.objects if o.glyph is not None)
-    no_glyph = type(obj)(obj.color, obj.shape, obj.x, obj.y, obj.size, None)
-    plain = Scene(
-        tuple(o if o is not obj else no_glyph for o in scene.objects),
-        scene.specks,
-        scene.background,
-        scene.texture_seed,
-        scene.image_size,
-    )
-    with_glyph = np.asarray(render_scene(scene, CFG)).astype(int)
-    without = np.asarray(render_scene(plain, CFG)).astype(int)
-    box = (slice(obj.y, obj.y + obj.size), slice(obj.x, obj.x + obj.size))
-    assert np.abs(with_glyph[box] - without[box]).sum() > 0
-    outside = np.ones(with_glyph.shape[:2], dtype=bool)
-    outside[box] = False
-    assert np.array_equal(with_glyph[outside], without[outside])
+    a, b = np.asarray(render_scene(plain, CFG)), np.asarray(render_scene(marked, CFG))
+    inside = np.zeros(a.shape[:2], dtype=bool)
+    inside[40:56, 40:56] = True
+    assert (a != b).any(axis=-1)[inside].sum() >= 10
+    assert not (a != b).any(axis=-1)[~inside].any()
 
 
-def test_vocabulary_covers_every_answer():
+def test_llava_format_and_vocabulary(records: dict[str, list[dict]]) -> None:
     vocab = set(world_vocabulary(CFG))
-    assert {r["answer"] for r in generate_records("test", 300, CFG, seed=0)} <= vocab
+    for rec in records["train"][:100] + records["test"][:100]:
+        conv = rec["conversations"]
+        assert [t["from"] for t in conv] == ["human", "gpt"]
+        assert conv[0]["value"].count("<image>") == 1 and conv[0]["value"].startswith("<image>\n")
+        assert rec["image"].size == (CFG.image_size, CFG.image_size) and rec["image"].mode == "RGB"
+        assert set(split_words(_question(rec)) + split_words(rec["answer"])) <= vocab, rec["id"]
 
 
-def test_dataset_round_trip_and_missing_path(tmp_path):
-    world = build_dataset(CFG, {"train": 6, "test": 4}, seed=0)
-    save_world(world, tmp_path / "world")
-    loaded = load_world(tmp_path / "world")
-    assert loaded["test"][0]["answer"] == world["test"][0]["answer"]
-    assert loaded["train"].num_rows == 6
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        load_world(tmp_path / "nowhere")
+def test_scene_complexity_varies(records: dict[str, list[dict]]) -> None:
+    counts = Counter(r["num_objects"] for recs in records.values() for r in recs)
+    assert min(counts) == CFG.min_objects and max(counts) == CFG.max_objects
+
+
+def test_build_save_load_roundtrip(tmp_path: Path) -> None:
+    dd = build_dataset(CFG, {"train": 6, "val": 3, "test": 3}, seed=0)
+    path = save_world(dd, tmp_path / "world")
+    loaded = load_world(path)
+    assert set(loaded) == set(SPLITS) and loaded["train"].num_rows == 6
+    row, orig = loaded["val"][0], dd["val"][0]
+    assert row["conversations"] == orig["conversations"] and row["scene"] == orig["scene"]
+    assert np.array_equal(np.asarray(row["image"]), np.asarray(orig["image"]))
+
+
+def test_load_world_missing_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        load_world(missing)
+
+
+def test_config_rejects_bad_knobs() -> None:
+    with pytest.raises(ValueError, match="unknown names"):
+        WorldConfig(colors=("red", "mauve"))
+    with pytest.raises(ValueError, match="multiple"):
+        WorldConfig(image_size=100)
