@@ -51,13 +51,13 @@ class BackboneAdapter(ABC):
         """Positions of the full (unpruned) sequence: (B, L), or (3, B, L) for M-RoPE."""
 
     @property
-    @abstractmethod
-    def image_token_id(self) -> int: ...
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
 
     @property
-    @abstractmethod
     def decoder(self) -> nn.Module:
-        """The LLM decoder stack (has `.layers`, `.norm`, `.rotary_emb`)."""
+        """The LLM decoder stack (has `.layers`, `.norm`, `.rotary_emb`); both families keep it here."""
+        return self.model.model.language_model
 
     # ---- shared --------------------------------------------------------------------------------------
     @property

@@ -20,14 +20,6 @@ class LlavaAdapter(BackboneAdapter):
     family = "llava"
 
     @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
-    @property
-    def decoder(self) -> nn.Module:
-        return self.model.model.language_model
-
-    @property
     def vision_tower(self) -> nn.Module:
         return self.model.model.vision_tower
 

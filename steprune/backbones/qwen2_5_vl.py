@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from steprune.backbones.base import BackboneAdapter, VisionOutput
 from steprune.backbones.vision_access import TokenSimilarityAccess
@@ -19,14 +19,6 @@ from steprune.backbones.vision_access import TokenSimilarityAccess
 
 class Qwen2_5_VLAdapter(BackboneAdapter):
     family = "qwen2_5_vl"
-
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
-    @property
-    def decoder(self) -> nn.Module:
-        return self.model.model.language_model
 
     @property
     def merge_size(self) -> int:
