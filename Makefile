@@ -36,8 +36,9 @@ lint: $(STAMP) ## ruff check
 format: $(STAMP) ## ruff format + autofix
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
+# OMP_WAIT_POLICY=PASSIVE: with other jobs on the cores, spinning OpenMP threads made training 3-4x slower.
 base: $(STAMP) ## build (or reuse) the tiny LLaVA of the built-in world in artifacts/base (ARGS=--force rebuilds)
-	$(PY) -m steprune.training.build_base $(ARGS)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m steprune.cli base $(ARGS)
 
 train: $(STAMP) ## build/reuse the base, train StepPrune on the built-in world (resumes), compare with every baseline
 	$(PY) -m steprune.training.make_train $(ARGS)

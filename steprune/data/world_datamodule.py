@@ -6,20 +6,37 @@
 Training records are an endless deterministic stream: batch i always holds records
 [start + i*B, start + (i+1)*B) of the train split, so a resumed run sees exactly the records it would
 have seen (`start` follows the trainer's step on resume). Val/test are fixed prefixes of their splits.
+
+The base recipe (`make base`) trains instead on a fixed pool of records (`world_records`) seen several
+times (`ChatPool`), each pass asking different questions about the same scene in one multi-turn
+conversation (`chat_turns`), collated by `MultiTurnCollator` with labels on the answers only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, IterableDataset
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from steprune.data.collate import InstructCollator
-from steprune.data.world import WorldConfig, generate_record, generate_records
+from steprune.backbones.splice import full_sequence_positions
+from steprune.data.collate import IGNORE_INDEX, InstructCollator, first_exchange
+from steprune.data.world import (
+    CAPTION_KIND,
+    GENERATORS,
+    QUESTION_KINDS,
+    Scene,
+    WorldConfig,
+    generate_record,
+    generate_records,
+)
 
 
 class WorldStream(IterableDataset):
@@ -99,3 +116,120 @@ class WorldDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._fixed("test", self.hparams.val_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# A fixed pool of records with multi-turn conversations: what the base recipe (`make base`) trains on.
+def world_records(split: str, num: int, cfg: WorldConfig, seed: int, processes: int = 1) -> list[dict[str, Any]]:
+    """`generate_records(split, num, cfg, seed)`, optionally split over `processes` (same records, same order)."""
+    if processes <= 1 or num < 64:
+        return generate_records(split, num, cfg, seed)
+    import multiprocessing as mp
+
+    bounds = [num * i // processes for i in range(processes + 1)]
+    jobs = [(split, bounds[i + 1] - bounds[i], cfg, seed, bounds[i]) for i in range(processes)]
+    with mp.get_context("fork").Pool(processes) as pool:
+        parts = pool.starmap(generate_records, jobs)
+    return [r for part in parts for r in part]
+
+
+def _turn_rng(seed: int, record_id: str, view: int) -> np.random.Generator:
+    digest = hashlib.sha256(f"turns/{seed}/{record_id}/{view}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def chat_turns(
+    record: dict[str, Any], cfg: WorldConfig, turns: int, caption_prob: float = 0.0, seed: int = 0, view: int = 0
+) -> list[tuple[str, str]]:
+    """(question, answer) pairs about one record's scene: its own exchange first, then up to `turns - 1`
+    further distinct questions drawn with the world's generators (answers derived from the scene).
+    With probability `caption_prob` one of them is the `describe` caption."""
+    pairs = [first_exchange(record)]
+    if turns <= 1:
+        return pairs
+    rng = _turn_rng(seed, str(record.get("id", "")), view)
+    scene = Scene.from_json(record["scene"])
+    weights = np.array([cfg.kind_weights.get(k, 0.0) for k in QUESTION_KINDS], dtype=np.float64)
+    weights /= weights.sum()
+    want_caption = record.get("kind") != CAPTION_KIND and rng.random() < caption_prob
+    seen = {pairs[0][0]}
+    for _ in range(4 * turns):  # spare draws: not every kind fits every scene, repeats are skipped
+        if len(pairs) >= turns:
+            break
+        kind = CAPTION_KIND if want_caption else QUESTION_KINDS[int(rng.choice(len(QUESTION_KINDS), p=weights))]
+        want_caption = False
+        qa = GENERATORS[kind](scene, rng, cfg)
+        if qa is not None and qa.question not in seen:
+            seen.add(qa.question)
+            pairs.append((qa.question, qa.answer))
+    return pairs
+
+
+def chat_messages(pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Chat-template messages of a conversation; the image goes with the first user turn."""
+    messages: list[dict[str, Any]] = []
+    for i, (question, answer) in enumerate(pairs):
+        content = ([{"type": "image"}] if i == 0 else []) + [{"type": "text", "text": question}]
+        messages.append({"role": "user", "content": content})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return messages
+
+
+def answer_labels(input_ids: Tensor, marker: Sequence[int], eos_id: int) -> Tensor:
+    """(B, L) labels: the tokens after each `marker` (the ids of "ASSISTANT:") up to and including the
+    next eos; everything else IGNORE_INDEX."""
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    m, length = len(marker), input_ids.shape[1]
+    windows = input_ids.unfold(1, m, 1)  # (B, L - m + 1, m)
+    starts = (windows == torch.tensor(list(marker), dtype=input_ids.dtype)).all(-1)  # (B, L - m + 1)
+    is_eos = input_ids == eos_id  # (B, L)
+    for b, s in starts.nonzero().tolist():  # one entry per assistant turn
+        ends = is_eos[b, s + m :].nonzero()
+        stop = s + m + int(ends[0]) + 1 if len(ends) else length
+        labels[b, s + m : stop] = input_ids[b, s + m : stop]
+    return labels
+
+
+class MultiTurnCollator:
+    """(image, [(question, answer), ...]) items -> input_ids / attention_mask / position_ids / pixel_values /
+    labels, with the processor and its chat template; loss only on the answers (and their eos)."""
+
+    def __init__(self, processor: Any, marker: str = " ASSISTANT:") -> None:
+        self.processor = processor
+        tokenizer = processor.tokenizer  # the marker as it is tokenized inside the template: after a space
+        self.marker = tokenizer(marker, add_special_tokens=False)["input_ids"]
+        self.eos_id = tokenizer.eos_token_id
+        if not self.marker or self.eos_id is None:
+            raise ValueError("the tokenizer needs an eos token and must encode the assistant marker")
+
+    def __call__(self, items: Sequence[tuple[Any, Sequence[tuple[str, str]]]]) -> dict[str, Tensor]:
+        images = [image.convert("RGB") for image, _ in items]
+        texts = [self.processor.apply_chat_template(chat_messages(pairs)) for _, pairs in items]
+        batch = dict(self.processor(images=images, text=texts, return_tensors="pt", padding=True))
+        batch["labels"] = answer_labels(batch["input_ids"], self.marker, self.eos_id)
+        batch["position_ids"] = full_sequence_positions(batch["attention_mask"])  # as generate numbers them
+        return batch
+
+
+class ChatPool(Dataset):
+    """`views` passes over a fixed record pool; pass v asks `turns` different questions about each scene."""
+
+    def __init__(
+        self,
+        records: Sequence[dict[str, Any]],
+        cfg: WorldConfig,
+        turns: int = 1,
+        caption_prob: float = 0.0,
+        views: int = 1,
+        seed: int = 0,
+    ) -> None:
+        self.records, self.cfg, self.turns, self.caption_prob = records, cfg, turns, caption_prob
+        self.views, self.seed = views, seed
+
+    def __len__(self) -> int:
+        return len(self.records) * self.views
+
+    def __getitem__(self, i: int) -> tuple[Any, list[tuple[str, str]]]:
+        view, j = divmod(i, len(self.records))
+        record = self.records[j]
+        return record["image"], chat_turns(record, self.cfg, self.turns, self.caption_prob, self.seed, view)

@@ -11,14 +11,14 @@ projector + language model learn the world's QA with the next-token loss on the 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import IterableDataset
+from torch.utils.data import Dataset, IterableDataset
 
 from steprune.data.world import Scene, WorldConfig, generate_record
 
@@ -63,11 +63,32 @@ class PatchLabelStream(IterableDataset):
             index += 1
 
 
+class PatchPool(Dataset):
+    """(pixel_values, per-patch labels) of a fixed record pool, for stage 1 (several epochs over it)."""
+
+    def __init__(self, records: Sequence[dict[str, Any]], cfg: WorldConfig, image_processor: Any) -> None:
+        self.records, self.cfg, self.image_processor = records, cfg, image_processor
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        record = self.records[i]
+        pixels = self.image_processor(record["image"], return_tensors="pt")["pixel_values"][0]  # (3, H, W)
+        return {"pixel_values": pixels, **patch_labels(Scene.from_json(record["scene"]), self.cfg)}
+
+
 class VisionPretrainModule(L.LightningModule):
     """Stage 1: dense per-patch classification on top of the vision tower's feature layer."""
 
     def __init__(
-        self, tower: nn.Module, feature_layer: int, num_colours: int, num_shapes: int, lr: float = 1e-3
+        self,
+        tower: nn.Module,
+        feature_layer: int,
+        num_colours: int,
+        num_shapes: int,
+        lr: float = 1e-3,
+        warmup: int = 30,
     ) -> None:
         super().__init__()
         self.tower = tower
@@ -75,7 +96,7 @@ class VisionPretrainModule(L.LightningModule):
         hidden = tower.config.hidden_size
         self.sizes = {"colour": num_colours + 1, "shape": num_shapes + 1, "digit": NO_DIGIT + 1, "anchor": 2}
         self.head = nn.Linear(hidden, sum(self.sizes.values()))
-        self.lr = lr
+        self.lr, self.warmup = lr, warmup
 
     def forward(self, pixel_values: Tensor) -> dict[str, Tensor]:
         out = self.tower(pixel_values, output_hidden_states=True)
@@ -92,17 +113,17 @@ class VisionPretrainModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        return cosine_adamw(self, self.lr, self.trainer.max_steps)
+        return cosine_adamw(self, self.lr, self.trainer.max_steps, self.warmup)
 
 
 class ProjectorLMModule(L.LightningModule):
     """Stage 2: projector + language model on the world's QA; the vision tower stays frozen."""
 
-    def __init__(self, model: nn.Module, lr: float = 1e-3) -> None:
+    def __init__(self, model: nn.Module, lr: float = 1e-3, warmup: int = 30) -> None:
         super().__init__()
         self.model = model
         self.model.model.vision_tower.requires_grad_(False)
-        self.lr = lr
+        self.lr, self.warmup = lr, warmup
 
     def train(self, mode: bool = True) -> ProjectorLMModule:
         super().train(mode)
@@ -110,18 +131,20 @@ class ProjectorLMModule(L.LightningModule):
         return self
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "labels")}
+        keys = ("input_ids", "attention_mask", "position_ids", "pixel_values", "labels")
+        inputs = {k: batch[k] for k in keys if k in batch}
         loss = self.model(**inputs, use_cache=False).loss
         self.log("stage2/loss", loss, prog_bar=True)
         return loss
 
     def configure_optimizers(self) -> Any:
-        return cosine_adamw(self, self.lr, self.trainer.max_steps)
+        return cosine_adamw(self, self.lr, self.trainer.max_steps, self.warmup)
 
 
 def cosine_adamw(module: L.LightningModule, lr: float, total_steps: int, warmup: int = 30) -> dict[str, Any]:
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    fused = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)  # 1 kernel, not 1 per tensor
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98), fused=fused or None)
     warmup = min(warmup, max(total_steps // 5, 1))
 
     def factor(step: int) -> float:

@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader
 
 from steprune.backbones.tiny import LLAVA_CHAT_TEMPLATE, tiny_llava_config, train_tokenizer
 from steprune.data.world import WorldConfig, generate_records, world_vocabulary
-from steprune.data.world_datamodule import WorldDataModule, world_config
-from steprune.training.base_recipe import PatchLabelStream, ProjectorLMModule, VisionPretrainModule
+from steprune.data.world_datamodule import ChatPool, MultiTurnCollator, world_config, world_records
+from steprune.training.base_recipe import PatchPool, ProjectorLMModule, VisionPretrainModule
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 
@@ -93,16 +93,27 @@ class BaseRecipe:
     text_hidden: int = 192
     text_layers: int = 3
     text_heads: int = 4
-    stage1_steps: int = 400
+    pool_size: int = 6000
+    """Train records generated once (in `pool_processes` processes); both stages make passes over them."""
+    pool_processes: int = 2
+    stage1_steps: int = 300
     stage1_batch: int = 64
     stage1_lr: float = 2e-3
-    stage2_steps: int = 1100
+    stage2_steps: int = 1000
     stage2_batch: int = 32
-    stage2_lr: float = 1e-3
+    stage2_lr: float = 2e-3
+    turns: int = 6
+    """Questions per stage-2 conversation: the record's own, then further ones about the same scene."""
+    caption_prob: float = 0.3
+    """Probability that a stage-2 conversation also asks for the caption (`Describe the image.`)."""
+    warmup_steps: int = 50
     eval_size: int = 500
+    curve_every: int = 0
+    """Every this many stage-2 steps, accuracy on `curve_size` val records goes into build_info (0: never)."""
+    curve_size: int = 200
     tokenizer_records: int = 3000
-    loader_workers: int = 1
-    captions: bool = False
+    loader_workers: int = 0
+    threads: int = 2
 
 
 def build_processor(cfg: WorldConfig, recipe: BaseRecipe) -> Any:
@@ -154,7 +165,7 @@ def build_model(cfg: WorldConfig, recipe: BaseRecipe, processor: Any) -> Any:
     return model
 
 
-def trainer(steps: int, root: Path, progress: bool = True) -> L.Trainer:
+def trainer(steps: int, root: Path, progress: bool = True, callbacks: list[L.Callback] | None = None) -> L.Trainer:
     return L.Trainer(
         max_steps=steps,
         accelerator="cpu",
@@ -164,7 +175,42 @@ def trainer(steps: int, root: Path, progress: bool = True) -> L.Trainer:
         enable_progress_bar=progress,
         enable_model_summary=False,
         limit_val_batches=0,
+        callbacks=callbacks,
     )
+
+
+class AccuracyCurve(L.Callback):
+    """Every `every` stage-2 steps: exact-match accuracy on a few val records (for build_info.json)."""
+
+    def __init__(self, model: Any, processor: Any, records: list[dict[str, Any]], every: int) -> None:
+        self.model, self.processor, self.records, self.every = model, processor, records, every
+        self.rows: list[dict[str, Any]] = []
+        self.started = time.perf_counter()
+        self.spent = 0.0  # seconds spent evaluating, not training
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if not self.every or (step % self.every and step != trainer.max_steps):
+            return
+        from steprune.eval.world_accuracy import world_accuracy
+        from steprune.pruned_vlm import PrunedVLM
+
+        t = time.perf_counter()
+        module.eval()
+        scores = world_accuracy(PrunedVLM(self.model, self.processor, method="identity"), self.records)
+        trainable(self.model)
+        module.train()
+        self.spent += time.perf_counter() - t
+        seconds = round(time.perf_counter() - self.started - self.spent, 1)  # training time so far
+        row = {"step": step, "train_seconds": seconds, "overall": scores["overall"]}
+        self.rows.append({**row, "per_kind": scores["per_kind"]})
+        print(f"stage 2 step {step}: val accuracy {scores['overall']:.3f} {scores['per_kind']}", flush=True)
+
+
+def trainable(model: Any) -> None:
+    """Stage-2 trainability: projector + language model; the vision tower stays frozen."""
+    model.requires_grad_(True)
+    model.model.vision_tower.requires_grad_(False)
 
 
 def build_base(
@@ -176,51 +222,71 @@ def build_base(
 ) -> dict[str, Any]:
     """Build the base into `out` (reused when present and sound) and return its build info."""
     recipe = recipe or BaseRecipe()
+    out = Path(out)
     if out.exists() and not force:
         check_base(out)
         print(f"reusing the base model at {out} (make base ARGS=--force rebuilds it)")
         return json.loads((out / "build_info.json").read_text())
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(recipe.threads)
+    L.seed_everything(recipe.seed, verbose=False)
     cfg = world_config(world)
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    pool = world_records("train", recipe.pool_size, cfg, recipe.seed, recipe.pool_processes)
+    timings["world_s"] = time.perf_counter() - started
+    t = time.perf_counter()
     processor = build_processor(cfg, recipe)
     model = build_model(cfg, recipe, processor)
-    timings["setup_s"] = time.perf_counter() - started
+    timings["setup_s"] = time.perf_counter() - t
+    generator = torch.Generator().manual_seed(recipe.seed)
 
     t = time.perf_counter()
     stage1 = VisionPretrainModule(
-        model.model.vision_tower, model.config.vision_feature_layer, len(cfg.colors), len(cfg.shapes), recipe.stage1_lr
+        model.model.vision_tower,
+        model.config.vision_feature_layer,
+        len(cfg.colors),
+        len(cfg.shapes),
+        recipe.stage1_lr,
+        recipe.warmup_steps,
     )
     loader = DataLoader(
-        PatchLabelStream(cfg, processor.image_processor, recipe.seed),
+        PatchPool(pool, cfg, processor.image_processor),
         batch_size=recipe.stage1_batch,
+        shuffle=True,
+        drop_last=len(pool) >= recipe.stage1_batch,
+        generator=generator,
         num_workers=recipe.loader_workers,
     )
     trainer(recipe.stage1_steps, out.parent, progress).fit(stage1, loader)
     timings["stage1_s"] = time.perf_counter() - t
-    model.model.vision_tower.requires_grad_(False)
 
     t = time.perf_counter()
-    data = WorldDataModule(
-        "unused",
-        world=world,
-        seed=recipe.seed,
+    trainable(model)
+    chats = ChatPool(
+        pool, cfg, recipe.turns, recipe.caption_prob, views=1 + recipe.stage2_steps * recipe.stage2_batch // len(pool)
+    )
+    loader = DataLoader(
+        chats,
         batch_size=recipe.stage2_batch,
-        include_captions=recipe.captions,
+        shuffle=True,
+        drop_last=len(chats) >= recipe.stage2_batch,
+        generator=generator,
+        collate_fn=MultiTurnCollator(processor),
         num_workers=recipe.loader_workers,
     )
-    data._processor = processor
-    stage2 = ProjectorLMModule(model, recipe.stage2_lr)
-    trainer(recipe.stage2_steps, out.parent, progress).fit(stage2, data.train_dataloader())
-    timings["stage2_s"] = time.perf_counter() - t
+    curve_records = world_records("val", recipe.curve_size, cfg, recipe.seed) if recipe.curve_every else []
+    curve = AccuracyCurve(model, processor, curve_records, recipe.curve_every)
+    stage2 = ProjectorLMModule(model, recipe.stage2_lr, recipe.warmup_steps)
+    trainer(recipe.stage2_steps, out.parent, progress, [curve]).fit(stage2, loader)
+    timings["stage2_s"] = time.perf_counter() - t - curve.spent
+    timings["curve_s"] = curve.spent
     model.eval().requires_grad_(True)
 
     t = time.perf_counter()
     scores = evaluate_base(model, processor, cfg, recipe)
     timings["eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
-    info = {"recipe": asdict(recipe), "world": dict(world or {}), "timings": timings, **scores}
+    info = {"recipe": asdict(recipe), "world": dict(world or {}), "timings": timings, **scores, "curve": curve.rows}
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)

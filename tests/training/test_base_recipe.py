@@ -27,6 +27,10 @@ MICRO = BaseRecipe(
     eval_size=8,
     tokenizer_records=40,
     loader_workers=0,
+    pool_size=12,
+    pool_processes=1,
+    turns=3,
+    warmup_steps=1,
 )
 
 
@@ -69,6 +73,56 @@ def test_micro_build_saves_a_loadable_base(micro_base):
         reference = model(**inputs).logits
     real = inputs["attention_mask"].bool()
     torch.testing.assert_close(vlm(**inputs).logits[real], reference[real])
+
+
+def test_multi_turn_labels_cover_the_answers_only(micro_base):
+    from transformers import AutoProcessor
+
+    from steprune.data.world import WorldConfig, generate_records
+    from steprune.data.world_datamodule import ChatPool, MultiTurnCollator
+
+    out, _ = micro_base
+    processor = AutoProcessor.from_pretrained(out)
+    cfg = WorldConfig(**{**MICRO_WORLD, "caption_prob": 0.0})
+    records = generate_records("train", 4, cfg, seed=0)
+    chats = ChatPool(records, cfg, turns=3, caption_prob=0.5, views=2)
+    items = [chats[i] for i in range(len(chats))]
+    assert items[0][1][0] == (records[0]["conversations"][0]["value"].split("\n", 1)[1], records[0]["answer"])
+    assert items[0][1] != items[len(records)][1] or len(items[0][1]) == 1, "views ask different questions"
+    batch = MultiTurnCollator(processor)(items)
+    tok = processor.tokenizer
+    for b, (_, pairs) in enumerate(items):
+        labelled = batch["labels"][b][batch["labels"][b] != -100]
+        expected = "".join(f" {answer}</s>" for _, answer in pairs)
+        assert tok.decode(labelled) == expected
+        ids = batch["input_ids"][b][batch["attention_mask"][b].bool()]
+        assert int((ids == tok.convert_tokens_to_ids("<image>")).sum()) == 16  # 32 px / patch 8
+    assert bool((batch["labels"][batch["attention_mask"] == 0] == -100).all())
+    positions = batch["position_ids"][batch["attention_mask"].bool()]
+    assert int(positions.min()) == 0
+
+
+def test_stage2_trains_projector_and_lm_only(micro_base):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from steprune.data.world import WorldConfig, generate_records
+    from steprune.data.world_datamodule import ChatPool, MultiTurnCollator
+    from steprune.training.base_recipe import ProjectorLMModule, cosine_adamw
+
+    out, _ = micro_base
+    processor = AutoProcessor.from_pretrained(out)
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    cfg = WorldConfig(**MICRO_WORLD)
+    chats = ChatPool(generate_records("train", 2, cfg, seed=0), cfg, turns=2)
+    batch = MultiTurnCollator(processor)([chats[0], chats[1]])
+    module = ProjectorLMModule(model, lr=1e-2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = cosine_adamw(module, 1e-2, total_steps=2, warmup=1)["optimizer"]
+    module.training_step(batch, 0).backward()
+    optimizer.step()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and not any("vision_tower" in k for k in changed)
+    assert any("multi_modal_projector" in k for k in changed) and any("language_model" in k for k in changed)
 
 
 def test_second_build_reuses(micro_base, capsys):
