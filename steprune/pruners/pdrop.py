@@ -22,7 +22,10 @@ With the boundaries at 8/16/24 of 32 the average cannot fall below 8 * N / 32 (1
 `shift_layers` is on the boundaries are moved earlier *with their proportions kept* — candidates
 layers * j / layers[0] for j = layers[0], ..., 1 (8/16/24, 7/14/21, ..., 1/2/3) — and the latest candidate whose
 first stage still keeps at least the budget (k1 >= budget: the pyramid starts above its average) is used;
-failing all, the earliest. LLaVA-7B, N = 576: budget 192 -> drops at 6/12/18 keeping 215/108/54; 128 -> 4/8/12,
+failing all (a shallow LLM, where the first layer alone already holds most of the average), the earliest
+boundaries with k1 = budget: the pyramid then starts at the budget and the equivalent count exceeds it (3-layer
+world base, N = 144, budget 16: drops before layers 1 and 2 keeping 8 / 4, equivalent 52) instead of collapsing
+to one token for every budget. LLaVA-7B, N = 576: budget 192 -> drops at 6/12/18 keeping 215/108/54; 128 -> 4/8/12,
 163/81/41; 64 -> 2/4/6, 94/47/24; the paper's own average (270) -> 8/16/24 keeping 288/144/72.
 The equivalent count can miss the budget only at the extremes (k1 clamped to N or to 1). Tokens kept after each
 drop are reported by the hook session (`visual_tokens_per_stage`); `schedule()` gives the plan.
@@ -133,6 +136,8 @@ class PyramidDropPruner(PrePrunerBase):
             k1 = min(max((budget * num_layers - bounds[0] * n) / weight, 1.0), float(n))
             if k1 >= budget:
                 break
+        else:  # too shallow to reach the budget on average: the pyramid starts at the budget instead of at 1
+            k1 = float(min(budget, n))
         counts, previous = [], n
         for i in range(len(bounds)):
             previous = min(max(round_half_up(k1 * self.decay**i), 1), previous)

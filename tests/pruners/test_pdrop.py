@@ -180,7 +180,17 @@ def test_layer_scaling():
     assert scale_layers((8, 16, 24), 4) == [1, 2, 3]
     assert scale_layers((2, 6, 15), 4) == [1, 2, 3]
     assert scale_layers((8, 16, 24), 2) == [1, 1, 1]
-    assert PyramidDropPruner().schedule(16, 2, 8) == [(1, 1)]  # zero-width stages collapse into one drop
+    assert PyramidDropPruner().schedule(16, 2, 8) == [(1, 2)]  # zero-width stages collapse into one drop
+
+
+def test_shallow_llm_schedule_follows_the_budget():
+    """3 layers, N = 144 (the world base): the first layer alone holds 48 equivalent tokens, so no pyramid reaches
+    the budget on average; it then starts at the budget instead of collapsing to one token for every budget."""
+    pruner = PyramidDropPruner()
+    plans = {budget: pruner.schedule(144, 3, budget) for budget in (48, 32, 16)}
+    assert plans == {48: [(1, 24), (2, 12)], 32: [(1, 16), (2, 8)], 16: [(1, 8), (2, 4)]}
+    for budget, plan in plans.items():
+        assert equivalent_visual_tokens(3, [(0, 144), *plan]) > budget  # honest: more than asked, never fewer
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen"])
