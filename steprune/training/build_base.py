@@ -99,7 +99,7 @@ class BaseRecipe:
     stage1_steps: int = 300
     stage1_batch: int = 64
     stage1_lr: float = 2e-3
-    stage2_steps: int = 1000
+    stage2_steps: int = 850
     stage2_batch: int = 32
     stage2_lr: float = 2e-3
     turns: int = 6
@@ -108,7 +108,7 @@ class BaseRecipe:
     """Probability that a stage-2 conversation also asks for the caption (`Describe the image.`)."""
     warmup_steps: int = 50
     eval_size: int = 500
-    curve_every: int = 0
+    curve_every: int = 150
     """Every this many stage-2 steps, accuracy on `curve_size` val records goes into build_info (0: never)."""
     curve_size: int = 200
     tokenizer_records: int = 3000
