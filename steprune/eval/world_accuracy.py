@@ -5,6 +5,7 @@
     scores["overall"], scores["per_kind"]["counting"], scores["k_mean"]
 
 `blank=True` replaces every image by a uniform grey one: the blind baseline (the same model, no image).
+For in-LLM methods K is the count alive after the last drop and `stages` the (layer, tokens alive) plan.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def world_accuracy(
     per_kind: dict[str, MeanMetric] = defaultdict(MeanMetric)
     overall, ks = MeanMetric(), CatMetric()
     complexity: list[tuple[int, int]] = []
+    stages: list[tuple[int, int]] = []
     for start in range(0, len(records), batch_size):
         chunk = list(records[start : start + batch_size])
         if blank:
@@ -41,6 +43,7 @@ def world_accuracy(
         batch = collate(chunk)
         inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
         out = vlm(**inputs)
+        stages = [(int(layer), int(k)) for layer, k in out.visual_tokens_per_stage]  # one schedule per batch
         if len(out.visual_tokens_per_stage) > 1:  # in-LLM: tokens alive after the last drop
             prepared_k = torch.full((len(chunk),), out.visual_tokens_per_stage[-1][1])
         else:
@@ -63,4 +66,5 @@ def world_accuracy(
         "k_min": int(k_all.min()),
         "k_max": int(k_all.max()),
         "objects_and_k": complexity,
+        "stages": stages,
     }

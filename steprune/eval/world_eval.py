@@ -6,8 +6,9 @@
 
 For each method x budget: exact-match accuracy overall and per question kind, K (mean/min/max; for
 in-LLM methods the tokens left after the last drop), retention = accuracy / unpruned accuracy, and the
-analytic prefill TFLOPs at the measured mean K. Adaptive methods also get the Spearman correlation of K
-with the number of objects. Prints a rich table; writes JSON and a Markdown table under reports/.
+analytic prefill TFLOPs at the measured mean K (in-LLM methods: through their drop stages). Adaptive methods
+also get the Spearman correlation of K with the number of objects. Prints a rich table; writes JSON and a
+Markdown table under reports/.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from steprune.data.world import WorldConfig, generate_records
-from steprune.eval.flops import prefill_cost
+from steprune.eval.flops import PrefillCost, prefill_cost
 from steprune.eval.world_accuracy import world_accuracy
 from steprune.pruned_vlm import PrunedVLM
 from steprune.pruners import PRUNERS
@@ -46,6 +47,26 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     rx, ry = rx - rx.mean(), ry - ry.mean()
     denominator = (rx.square().sum() * ry.square().sum()).sqrt()
     return float((rx * ry).sum() / denominator) if denominator > 0 else 0.0
+
+
+def k_by_objects(objects: Sequence[int], ks: Sequence[int]) -> dict[str, dict[str, float]]:
+    """Per number of objects in the scene: how many questions, and their mean / min / max K."""
+    groups: dict[int, list[int]] = {}
+    for count, k in zip(objects, ks, strict=True):
+        groups.setdefault(int(count), []).append(int(k))
+    return {
+        str(count): {"n": len(v), "k_mean": sum(v) / len(v), "k_min": min(v), "k_max": max(v)}
+        for count, v in sorted(groups.items())
+    }
+
+
+def world_prefill_cost(config: Any, num_tokens: int, scores: dict[str, Any], text_tokens: int) -> PrefillCost:
+    """Analytic prefill cost of one world prompt: in-LLM methods through their stages (every layer before the
+    first drop sees all `num_tokens`), the others at their mean K."""
+    stages = scores.get("stages") or []
+    if len(stages) > 1:
+        return prefill_cost(config, num_tokens, text_tokens, stages=[(0, num_tokens), *stages[1:]])
+    return prefill_cost(config, min(num_tokens, round(scores["k_mean"])), text_tokens)
 
 
 def evaluate_world(
@@ -86,10 +107,9 @@ def evaluate_world(
                     "budget": budget,
                     **scores,
                     "k_spearman_objects": spearman(objects, ks) if PRUNERS.get(method).adaptive else None,
-                    "prefill_tflops": prefill_cost(
-                        base.model.config, min(n, round(scores["k_mean"])), text_tokens
-                    ).tflops(),
+                    "prefill_tflops": world_prefill_cost(base.model.config, n, scores, text_tokens).tflops(),
                     "k_histogram": torch.bincount(torch.tensor(ks), minlength=n + 1).tolist(),
+                    "k_by_objects": k_by_objects(objects, ks),
                 }
             )
     vanilla = rows[0]["overall"] if include_vanilla else vanilla_accuracy
