@@ -100,7 +100,11 @@ class PointerDecoder(nn.Module):
         super().__init__()
         self.d_model = d_model
         self.start = nn.Parameter(torch.randn(d_model))  # q_0
-        self.stop = nn.Parameter(torch.randn(d_model))  # s, memory slot N
+        # s, memory slot N. Small at init: u_STOP starts near 0 while the tokens' logits spread on both sides,
+        # so an untrained selector keeps choosing tokens (K near T_max) and the length term teaches it to stop.
+        # Measured on the world base (8 val images, T_max 64): initial mean K 56.1 for seeds 0/1/2 with this
+        # init, 64.0 / 37.2 / 10.9 with a unit-scale s — where training could start from a collapsed K.
+        self.stop = nn.Parameter(0.02 * torch.randn(d_model))
         self.layers = nn.ModuleList(DecoderLayer(d_model, num_heads, mlp_ratio) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
         self.pointer_q = nn.Linear(d_model, d_model, bias=False)  # W_p, query side
