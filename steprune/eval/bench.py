@@ -2,7 +2,9 @@
 
 Prefill latency = vision tower + selection + LLM prefill up to the first generated token, median of
 `--repeats` runs after `--warmup` runs, for vanilla (all tokens), every registered method at each
-budget, and uniform stride as the "ideal" zero-cost selector. FLOPs come from the analytic counter
+budget, and uniform stride as the "ideal" zero-cost selector. StepPrune runs an untrained selector of the
+default size capped at T_max = budget (it then takes `budget` pointer steps: what a trained selector with mean
+K = budget costs). FLOPs come from the analytic counter
 (steprune.eval.flops) at the real sequence length, with the selection's own FLOPs. Prints a rich table
 in the layout of the paper's Table 3 and writes JSON under reports/.
 
@@ -146,14 +148,17 @@ def run_bench(
     if budgets is None:
         budgets = [max(1, round(b * n / 576)) for b in PAPER_BUDGETS]
     if methods is None:
-        methods = [m for m in PRUNERS.names() if m not in {"identity", "steprune"}]
+        methods = [m for m in PRUNERS.names() if m != "identity"]
     for m in methods:
         PRUNERS.get(m)  # fail before timing anything
     num_layers = config.text_config.num_hidden_layers
 
     def measure(method: str, budget: int | None) -> tuple[BenchRow, Callable[[], object]]:
         progress(f"FLOPs of {method} @ {budget}")
-        vlm = PrunedVLM(model, None, method=method, budget=budget)
+        # StepPrune: an untrained selector (random weights, like the model) capped at T_max = budget; its small
+        # STOP vector never wins untrained, so it runs `budget` pointer steps: the cost of a trained mean K = budget
+        extra = {"allow_random": True, "t_max": budget} if method == "steprune" else {}
+        vlm = PrunedVLM(model, None, method=method, budget=budget, **extra)
         out = vlm(**inputs)
         stages = [(layer, int(k)) for layer, k in out.visual_tokens_per_stage]
         kept = float(out.result.lengths.float().mean()) if len(stages) == 1 else stages[-1][1]
