@@ -1,4 +1,4 @@
-"""Figures logged as MLflow artifacts: retention vs K (Pareto front) of a sweep, K histogram of a run, ablation bars.
+"""Figures: retention vs K (Pareto front) of a sweep, K histogram / adaptivity of a run, ablation bars.
 
     fig = retention_vs_k([(12.0, 0.91, 0), (20.0, 0.97, 1)], title="study x")
     MlflowClient().log_figure(run_id, fig, "figures/retention_vs_k.png")
@@ -9,6 +9,7 @@ Built on `matplotlib.figure.Figure` directly (no pyplot, no global backend state
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from matplotlib.figure import Figure
 
@@ -46,15 +47,42 @@ def retention_vs_k(points: Sequence[tuple[float, float, int]], title: str = "") 
 def k_histogram(ks: Sequence[int], title: str = "") -> Figure:
     """Histogram of the per-sample number of kept visual tokens (adaptive K)."""
     fig = Figure(figsize=(5, 3.5), layout="constrained")
-    ax = fig.add_subplot()
+    draw_k_histogram(fig.add_subplot(), ks, "samples", title or "K per sample")
+    return fig
+
+
+def draw_k_histogram(ax: Any, ks: Sequence[int], ylabel: str, title: str) -> None:
+    """One bar per K value and the mean as a dashed line, on `ax`."""
     if ks:
         lo, hi = min(ks), max(ks)
         ax.hist(ks, bins=range(lo, hi + 2), align="left", color="tab:green", edgecolor="white")
         ax.axvline(sum(ks) / len(ks), c="k", ls="--", label=f"mean {sum(ks) / len(ks):.1f}")
         ax.legend()
     ax.set_xlabel("K (visual tokens kept)")
-    ax.set_ylabel("samples")
-    ax.set_title(title or "K per sample")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+
+
+def adaptivity(histogram: Sequence[int], by_objects: dict[str, dict[str, float]], title: str = "") -> Figure:
+    """Two panels: the K histogram (counts per K) and mean / min-max K against the number of objects."""
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    ks = [k for k, count in enumerate(histogram) for _ in range(count)]
+    draw_k_histogram(left, ks, "test questions", "K per question")
+    counts = sorted(by_objects, key=int)
+    if counts:
+        x = [int(c) for c in counts]
+        mean = [by_objects[c]["k_mean"] for c in counts]
+        low = [by_objects[c]["k_mean"] - by_objects[c]["k_min"] for c in counts]
+        high = [by_objects[c]["k_max"] - by_objects[c]["k_mean"] for c in counts]
+        right.errorbar(x, mean, yerr=[low, high], fmt="o-", capsize=4, c="tab:blue", label="mean (min-max)")
+        right.legend()
+    right.set_xlabel("objects in the scene")
+    right.set_ylabel("K")
+    right.set_title("K against scene complexity")
+    right.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
     return fig
 
 

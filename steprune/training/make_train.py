@@ -8,7 +8,9 @@
    MLflow in sqlite:///mlruns.db, checkpoints/, resumes where it stopped; selector exported to
    artifacts/selector.safetensors);
 3. StepPrune against every fixed-budget method at StepPrune's own mean K on the test split: a rich table,
-   saved as reports/train_comparison.{json,md}. Each part's wall time is printed at the end.
+   saved as reports/train_comparison.{json,md}, with StepPrune's adaptivity (K range, max/min, Spearman rho
+   against the number of objects, K per object count) and its figure reports/train_comparison_k.png.
+   Each part's wall time is printed at the end.
 """
 
 from __future__ import annotations
@@ -18,10 +20,39 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from steprune.pruners import PRUNERS
 
 EXPERIMENT = "experiments/stepprune_world.yaml"
+
+
+def adaptivity_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """How adaptive StepPrune's K is: its range, max/min ratio and Spearman correlation with the object count."""
+    k_min, k_max = row["k_min"], row["k_max"]
+    return {
+        "k_mean": row["k_mean"],
+        "k_min": k_min,
+        "k_max": k_max,
+        "k_max_over_min": k_max / k_min if k_min > 0 else float("inf"),
+        "spearman_k_objects": row["k_spearman_objects"],
+        "k_by_objects": row["k_by_objects"],
+    }
+
+
+def adaptivity_markdown(summary: dict[str, Any]) -> str:
+    by = summary["k_by_objects"]
+    lines = [
+        "",
+        f"StepPrune adaptivity: K {summary['k_min']}-{summary['k_max']} (max/min {summary['k_max_over_min']:.2f}), "
+        f"Spearman rho(K, objects) = {summary['spearman_k_objects']:.3f}",
+        "",
+        "| objects | questions | K mean | K min | K max |",
+        "|---|---|---|---|---|",
+        *(f"| {c} | {v['n']} | {v['k_mean']:.1f} | {v['k_min']} | {v['k_max']} |" for c, v in by.items()),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, train_args = parser.parse_known_args(argv)  # the rest goes to `steprune train fit`
 
     from steprune.eval.world_eval import evaluate_world, markdown, print_table
+    from steprune.sweeps.figures import adaptivity
     from steprune.training.build_base import build_base, default_base_dir
     from steprune.training.cli import train_main
 
@@ -62,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     learned = evaluate_world(str(base), ["steprune"], [1], limit=args.limit, weights=weights)
     k_mean = learned["rows"][1]["k_mean"]
+    learned["rows"][1]["budget"] = "adaptive"  # StepPrune ignores the budget: its policy decides K
     budget = max(1, round(k_mean))
     fixed = [m for m in PRUNERS.names() if m not in {"identity", "steprune"}]
     baselines = evaluate_world(
@@ -74,14 +107,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     report = {**learned, "rows": [*learned["rows"], *baselines["rows"]]}
     report["stepprune_mean_k"] = k_mean
+    report["adaptivity"] = adaptivity_summary(learned["rows"][1])
     timings["compare_s"] = time.perf_counter() - start
     report["timings"] = timings
     print_table(report)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    out.with_suffix(".md").write_text(markdown(report))
+    out.with_suffix(".md").write_text(markdown(report) + adaptivity_markdown(report["adaptivity"]))
+    figure = out.with_name(out.name + "_k.png")
+    row = learned["rows"][1]
+    adaptivity(row["k_histogram"], row["k_by_objects"], "StepPrune on the built-in world (test split)").savefig(figure)
     print(f"StepPrune mean K = {k_mean:.1f}; fixed-budget methods ran at K = {budget}")
+    print(adaptivity_markdown(report["adaptivity"]).strip())
+    print(f"figure: {figure}")
     print({k: round(v, 1) for k, v in timings.items()}, f"-> {out.with_suffix('.md')}")
     return 0
 

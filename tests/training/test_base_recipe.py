@@ -31,6 +31,7 @@ MICRO = BaseRecipe(
     pool_processes=1,
     turns=3,
     warmup_steps=1,
+    curve_size=4,
 )
 
 
@@ -58,6 +59,8 @@ def micro_base(tmp_path_factory):
 def test_micro_build_saves_a_loadable_base(micro_base):
     out, info = micro_base
     assert {"stage1_s", "stage2_s", "total_s"} <= set(info["timings"])
+    assert [row["step"] for row in info["curve"]] == [2]  # the accuracy curve always ends at the last step
+    assert 0.0 <= info["curve"][0]["overall"] <= 1.0 and info["curve"][0]["train_seconds"] > 0
     assert set(info["test_accuracy"]["per_kind"]) <= {"attribute", "existence", "counting", "spatial", "reading"}
     assert json.loads((out / "build_info.json").read_text())["recipe"]["stage2_steps"] == 2
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -182,6 +185,8 @@ def test_world_eval_writes_json_and_markdown(micro_base, tmp_path):
     assert rows["vanilla"]["k_mean"] == 16 and rows["uniform"]["k_mean"] == 4 and rows["fastv"]["k_mean"] == 4
     assert rows["prumerge_plus"]["k_max"] <= 4 and rows["prumerge_plus"]["k_spearman_objects"] is not None
     assert rows["uniform"]["prefill_tflops"] < rows["vanilla"]["prefill_tflops"]
+    # FastV keeps all 16 tokens up to its drop layer: same final K as uniform, more FLOPs, fewer than vanilla
+    assert rows["uniform"]["prefill_tflops"] < rows["fastv"]["prefill_tflops"] < rows["vanilla"]["prefill_tflops"]
     assert all(0.0 <= r["overall"] <= 1.0 for r in rows.values())
     assert "| uniform | 4 |" in target.with_suffix(".md").read_text()
 
@@ -227,3 +232,9 @@ def test_make_train_end_to_end_on_the_micro_base(micro_base, tmp_path, monkeypat
     assert (tmp_path / "artifacts" / "selector.safetensors").exists()
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     assert set(report["timings"]) == {"base_s", "train_s", "compare_s"}
+    adaptive = report["adaptivity"]
+    steprune = report["rows"][1]
+    assert (adaptive["k_min"], adaptive["k_max"]) == (steprune["k_min"], steprune["k_max"])
+    assert sum(v["n"] for v in adaptive["k_by_objects"].values()) == 4  # every test question, grouped by objects
+    assert (tmp_path / "reports" / "train_comparison_k.png").stat().st_size > 1000
+    assert "StepPrune adaptivity" in (tmp_path / "reports" / "train_comparison.md").read_text()
