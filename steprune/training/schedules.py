@@ -49,12 +49,10 @@ class _StepSchedule(L.Callback):
         self.steps = int(state_dict["steps"])
 
 
-class TextGateSchedule(_StepSchedule):
-    """α = min(1, step / warmup_steps): the selector reads the prompt gradually (methods.md §1.1)."""
+class _LinearWarmup(_StepSchedule):
+    """min(1, step / warmup_steps), 1 from the start when warmup_steps = 0."""
 
-    attribute = "alpha"
-
-    def __init__(self, warmup_steps: int = 100) -> None:
+    def __init__(self, warmup_steps: int) -> None:
         super().__init__()
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
@@ -62,6 +60,15 @@ class TextGateSchedule(_StepSchedule):
 
     def value(self, step: int) -> float:
         return 1.0 if self.warmup_steps == 0 else min(1.0, step / self.warmup_steps)
+
+
+class TextGateSchedule(_LinearWarmup):
+    """α = min(1, step / warmup_steps): the selector reads the prompt gradually (methods.md §1.1)."""
+
+    attribute = "alpha"
+
+    def __init__(self, warmup_steps: int = 100) -> None:
+        super().__init__(warmup_steps)
 
 
 class TemperatureSchedule(_StepSchedule):
@@ -86,7 +93,7 @@ class TemperatureSchedule(_StepSchedule):
         return self.end + 0.5 * (self.start - self.end) * (1 + math.cos(math.pi * f))
 
 
-class LengthPenaltySchedule(_StepSchedule):
+class LengthPenaltySchedule(_LinearWarmup):
     """Scales λ from 0 to 1 over `warmup_steps`: the selector first learns which tokens matter, then to stop.
 
     Without it a strong λ can drive K to 0 before the LM loss has said which tokens help (K = 0 is
@@ -96,10 +103,4 @@ class LengthPenaltySchedule(_StepSchedule):
     attribute = "lam_scale"
 
     def __init__(self, warmup_steps: int = 0) -> None:
-        super().__init__()
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        self.warmup_steps = warmup_steps
-
-    def value(self, step: int) -> float:
-        return 1.0 if self.warmup_steps == 0 else min(1.0, step / self.warmup_steps)
+        super().__init__(warmup_steps)

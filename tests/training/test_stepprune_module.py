@@ -68,15 +68,7 @@ def test_two_step_fit_logs_metrics_and_keeps_backbone_out_of_checkpoint(backbone
     module = StepPruneModule(backbone, t_max=8, warmup_steps=1)
     train, val = loaders(backbone)
     gate, temperature = TextGateSchedule(warmup_steps=4), TemperatureSchedule(2.0, 1.0, steps=4)
-    trainer = L.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        callbacks=[gate, temperature],
-        default_root_dir=tmp_path,
-        limit_val_batches=1,
-    )
+    trainer = cpu_trainer(2, [gate, temperature], tmp_path, val_batches=1)
     before = {k: v.clone() for k, v in module.selector.state_dict().items()}
     trainer.fit(module, train, val)
     metrics = trainer.callback_metrics
@@ -89,19 +81,24 @@ def test_two_step_fit_logs_metrics_and_keeps_backbone_out_of_checkpoint(backbone
     assert state and not any(k.startswith("vlm.") for k in state)
 
 
+def cpu_trainer(steps: int, callbacks: list[L.Callback], root, val_batches: int = 0) -> L.Trainer:
+    """A quiet CPU trainer for `steps` optimisation steps with these callbacks."""
+    return L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=callbacks,
+        default_root_dir=root,
+        limit_val_batches=val_batches,
+    )
+
+
 def test_resume_continues_schedules_exactly(backbone, tmp_path):
     train, val = loaders(backbone)
 
     def trainer(steps: int, gate: TextGateSchedule) -> L.Trainer:
-        return L.Trainer(
-            max_steps=steps,
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            callbacks=[gate],
-            default_root_dir=tmp_path,
-            limit_val_batches=0,
-        )
+        return cpu_trainer(steps, [gate], tmp_path)
 
     first = trainer(2, TextGateSchedule(8))
     first.fit(StepPruneModule(backbone, t_max=8), train, val)
@@ -125,15 +122,7 @@ def test_length_penalty_warmup_and_k_bar_floor(backbone, tmp_path):
     module.k_bar.fill_(0.0)  # a selector that has learned to stop at once
     train, val = loaders(backbone)
     warmup = LengthPenaltySchedule(warmup_steps=4)
-    trainer = L.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        callbacks=[warmup],
-        default_root_dir=tmp_path,
-        limit_val_batches=0,
-    )
+    trainer = cpu_trainer(2, [warmup], tmp_path)
     trainer.fit(module, train, val)
     assert module.lam_scale == pytest.approx(0.5)
     assert float(trainer.callback_metrics["train/lam_scale"]) == pytest.approx(0.25)
