@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from steprune.eval.flops import equivalent_visual_tokens, prefill_cost
+from steprune.eval.flops import equivalent_visual_tokens, measured_prefill_cost
 from steprune.pruned_vlm import PrunedVLM
 from steprune.pruners import PRUNERS
 
@@ -163,12 +163,8 @@ def run_bench(
         stages = [(layer, int(k)) for layer, k in out.visual_tokens_per_stage]
         kept = float(out.result.lengths.float().mean()) if len(stages) == 1 else stages[-1][1]
         selection = out.selection_flops / batch
-        if len(stages) > 1:
-            cost = prefill_cost(config, n, text_tokens, selection, stages=[(0, n), *stages[1:]])
-            equivalent = equivalent_visual_tokens(num_layers, [(0, n), *stages[1:]])
-        else:
-            cost = prefill_cost(config, round(kept), text_tokens, selection)
-            equivalent = kept
+        cost = measured_prefill_cost(config, n, stages, round(kept), text_tokens, selection)
+        equivalent = equivalent_visual_tokens(num_layers, [(0, n), *stages[1:]]) if len(stages) > 1 else kept
         row = BenchRow(method, budget, kept, equivalent, cost.tflops("llm"), cost.tflops(), selection / 1e9, 0.0)
         return row, lambda: vlm.generate(**inputs, max_new_tokens=1)
 

@@ -38,6 +38,7 @@ __all__ = [
     "in_llm_prefill_flops",
     "llm_prefill_flops",
     "measured_forward_flops",
+    "measured_prefill_cost",
     "prefill_cost",
     "projector_flops",
     "vision_tower_flops",
@@ -243,6 +244,23 @@ def prefill_cost(
         selection=float(selection_flops),
         llm=in_llm_prefill_flops(text_cfg, text_tokens, stages),
     )
+
+
+def measured_prefill_cost(
+    model_config: Any,
+    num_tokens: int,
+    stages: Stages,
+    kept: int,
+    text_tokens: int,
+    selection_flops: float = 0.0,
+) -> PrefillCost:
+    """Prefill cost from what a pruned forward reported (`PrunedOutput.visual_tokens_per_stage` as `stages`):
+    an in-LLM method (several stages) through its drops — every layer before the first sees all `num_tokens` —
+    any other method at `kept` visual tokens."""
+    if len(stages) > 1:
+        full = [(0, num_tokens), *[tuple(stage) for stage in stages[1:]]]
+        return prefill_cost(model_config, num_tokens, text_tokens, selection_flops, stages=full)
+    return prefill_cost(model_config, kept, text_tokens, selection_flops)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from steprune.data.world import WorldConfig, generate_records
-from steprune.eval.flops import PrefillCost, prefill_cost
+from steprune.eval.flops import measured_prefill_cost
 from steprune.eval.world_accuracy import world_accuracy
 from steprune.pruned_vlm import PrunedVLM
 from steprune.pruners import PRUNERS
@@ -58,15 +58,6 @@ def k_by_objects(objects: Sequence[int], ks: Sequence[int]) -> dict[str, dict[st
         str(count): {"n": len(v), "k_mean": sum(v) / len(v), "k_min": min(v), "k_max": max(v)}
         for count, v in sorted(groups.items())
     }
-
-
-def world_prefill_cost(config: Any, num_tokens: int, scores: dict[str, Any], text_tokens: int) -> PrefillCost:
-    """Analytic prefill cost of one world prompt: in-LLM methods through their stages (every layer before the
-    first drop sees all `num_tokens`), the others at their mean K."""
-    stages = scores.get("stages") or []
-    if len(stages) > 1:
-        return prefill_cost(config, num_tokens, text_tokens, stages=[(0, num_tokens), *stages[1:]])
-    return prefill_cost(config, min(num_tokens, round(scores["k_mean"])), text_tokens)
 
 
 def evaluate_world(
@@ -107,7 +98,9 @@ def evaluate_world(
                     "budget": budget,
                     **scores,
                     "k_spearman_objects": spearman(objects, ks) if PRUNERS.get(method).adaptive else None,
-                    "prefill_tflops": world_prefill_cost(base.model.config, n, scores, text_tokens).tflops(),
+                    "prefill_tflops": measured_prefill_cost(
+                        base.model.config, n, scores["stages"], min(n, round(scores["k_mean"])), text_tokens
+                    ).tflops(),
                     "k_histogram": torch.bincount(torch.tensor(ks), minlength=n + 1).tolist(),
                     "k_by_objects": k_by_objects(objects, ks),
                 }

@@ -26,6 +26,7 @@ from steprune.eval.flops import (
     in_llm_prefill_flops,
     llm_prefill_flops,
     measured_forward_flops,
+    measured_prefill_cost,
     prefill_cost,
     projector_flops,
     vision_tower_flops,
@@ -130,6 +131,16 @@ def test_prefill_cost_llava15_7b() -> None:
         prefill_cost(cfg, 64, PROMPT, stages=[(0, 576), (2, 64)])
     with pytest.raises(ValueError):
         cost.tflops("lm_head")
+
+
+def test_measured_prefill_cost_follows_the_reported_stages() -> None:
+    cfg = LlavaConfig()
+    # an in-LLM method reports (0, K_first) then its drops: every layer before the first drop sees all 576
+    fastv = measured_prefill_cost(cfg, 576, [(0, 64), (2, 64)], kept=64, text_tokens=PROMPT, selection_flops=1e9)
+    assert fastv.total == prefill_cost(cfg, 576, PROMPT, 1e9, stages=[(0, 576), (2, 64)]).total
+    # a pre-LLM method (one stage) is costed at the tokens it kept
+    uniform = measured_prefill_cost(cfg, 576, [(0, 64)], kept=64, text_tokens=PROMPT)
+    assert uniform.total == prefill_cost(cfg, 64, PROMPT).total < fastv.total
 
 
 # ---------------------------------------------------------------- empirical: FlopCounterMode
