@@ -4,6 +4,7 @@
     inputs = vlm.processor(images=images, text=prompts, return_tensors="pt", padding=True)
     new_tokens = vlm.generate(**inputs, max_new_tokens=16)      # KV cache, batched, ragged K allowed
     out = vlm(**inputs)                                          # logits over the shortened sequence
+    report = vlm.selection_report(**inputs)                      # stages + selection FLOPs, LLM run only if needed
 
 The model is frozen. Nothing is patched: pruning happens on the model's public seams (vision tower,
 projector, input embeddings, `inputs_embeds`/`attention_mask`/`position_ids`) plus, for in-LLM methods,
@@ -39,6 +40,15 @@ class Prepared:
 @dataclass(frozen=True)
 class PrunedOutput:
     logits: Tensor  # (B, L_out, V) over the sequence the last layer saw
+    result: PruneResult  # the pre-LLM selection (keep-all for pure in-LLM methods)
+    visual_tokens_per_stage: list[tuple[int, int]]  # (first layer, visual tokens alive) through the LLM
+    selection_flops: float
+
+
+@dataclass(frozen=True)
+class SelectionReport:
+    """What a pruned forward reports about its selection, without logits (see `PrunedVLM.selection_report`)."""
+
     result: PruneResult  # the pre-LLM selection (keep-all for pure in-LLM methods)
     visual_tokens_per_stage: list[tuple[int, int]]  # (first layer, visual tokens alive) through the LLM
     selection_flops: float
@@ -140,14 +150,38 @@ class PrunedVLM:
             return contextlib.nullcontext()
         return InLLMPruning(self.adapter.decoder, drops, prepared.spliced.image_slots, prepared.spliced.attention_mask)
 
+    @staticmethod
+    def _reported(prepared: Prepared, session: InLLMPruning | None) -> tuple[list[tuple[int, int]], float]:
+        """(visual tokens per stage, selection FLOPs of the whole batch) of one pruned prefill."""
+        stages = session.kept_tokens if session else [(0, int(prepared.result.lengths.max()))]
+        flops = prepared.result.selection_flops + (session.flops[0] if session else 0.0)
+        return stages, flops
+
     @torch.no_grad()
     def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None, **inputs: Any) -> PrunedOutput:
         prepared = self.prepare(input_ids, attention_mask, **inputs)
         with self._in_llm(prepared) as session:
             out = self.model(**prepared.spliced.model_kwargs(), use_cache=False)
-        stages = session.kept_tokens if session else [(0, int(prepared.result.lengths.max()))]
-        flops = prepared.result.selection_flops + (session.flops[0] if session else 0.0)
+        stages, flops = self._reported(prepared, session)
         return PrunedOutput(out.logits, prepared.result, stages, flops)
+
+    @torch.no_grad()
+    def selection_report(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, **inputs: Any
+    ) -> SelectionReport:
+        """The stages and selection FLOPs `__call__` reports, running only what the selection needs.
+
+        A method that selects before the LLM stops after `prepare` (vision tower + selection): no LLM forward.
+        An in-LLM method chooses inside the prefill, so the LLM runs (logits for the last position only).
+        """
+        prepared = self.prepare(input_ids, attention_mask, **inputs)
+        in_llm = self._in_llm(prepared)
+        session = None
+        if isinstance(in_llm, InLLMPruning):
+            with in_llm as session:
+                self.model(**prepared.spliced.model_kwargs(), use_cache=False, logits_to_keep=1)
+        stages, flops = self._reported(prepared, session)
+        return SelectionReport(prepared.result, stages, flops)
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **inputs_and_generation: Any) -> Tensor:
