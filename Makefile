@@ -51,7 +51,7 @@ ablate: $(STAMP) ## run the Table 4 ablation grid over seeds
 	$(PY) -m steprune.training.build_base
 	$(PY) -m steprune.sweeps.ablation --config $(or $(ABLATION),sweeps/ablation_table4.yaml) $(ARGS)
 
-bench: $(STAMP) ## FLOPs + prefill latency of every method at 192/128/64 tokens (ARGS="--config llava-7b" on a GPU)
+bench: $(STAMP) ## FLOPs + prefill latency of every method at 192/128/64 tokens (ARGS="--config llava-7b --flops-only" on a CPU)
 	$(PY) -m steprune.eval.bench $(ARGS)
 
 mlflow-ui: $(STAMP) ## open the MLflow UI on the project's tracking database

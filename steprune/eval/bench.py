@@ -8,17 +8,32 @@ mean K = budget costs; the row reports the tokens it really kept). FLOPs come fr
 (steprune.eval.flops) at the real sequence length, with the selection's own FLOPs. Prints a rich table
 in the layout of the paper's Table 3 and writes JSON under reports/.
 
+`--flops-only` measures no time at all and needs no GPU, even for `--config llava-7b`: each method runs once
+on a *proxy* model to report what it did (visual tokens per LLM stage, tokens kept, the FLOPs its selection
+spent), and the table's FLOPs are then computed analytically (`measured_prefill_cost`) on the REAL config.
+The proxy is the config itself with the LLM's MLP cut to `intermediate_size=1` (`proxy_config`): the vision
+tower, the projector, the LLM's hidden size, heads, layers and vocabulary — every width a selection reads or
+is costed at — stay the real ones (LLaVA-1.5-7B: 2.7 B parameters, 10.2 GiB in fp32, instead of 7 B / 28 GB).
+The MLP cannot change a row: the pre-LLM methods and StepPrune choose before the LLM runs (they stop after
+`PrunedVLM.prepare`), the in-LLM methods' schedules depend only on N, the depth and the budget, and the FLOPs
+their drops spend are counted from tensor shapes; weights are random anyway. Writes
+reports/flops_<config>.json and a Markdown table beside it.
+
     python -m steprune.eval.bench                                  # scaled LLaVA config on CPU
     python -m steprune.eval.bench --config llava-7b --device cuda --dtype bfloat16
+    python -m steprune.eval.bench --config llava-7b --flops-only   # the LLaVA-1.5-7B FLOPs table on a CPU
     make bench ARGS="--methods fastv,visionzip --repeats 10"
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -27,7 +42,8 @@ from pathlib import Path
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from steprune.eval.flops import equivalent_visual_tokens, measured_prefill_cost
+from steprune.eval.bench_report import markdown_report, print_table
+from steprune.eval.flops import equivalent_visual_tokens, measured_prefill_cost, prefill_cost
 from steprune.pruned_vlm import PrunedVLM
 from steprune.pruners import PRUNERS
 
@@ -115,18 +131,70 @@ def round_robin_latency_ms(
     return [statistics.median(t) for t in times]
 
 
+def proxy_config(config: LlavaConfig, intermediate_size: int = 1) -> LlavaConfig:
+    """`config` with the LLM's MLP cut to `intermediate_size`; every other width (vision, hidden, heads, layers,
+    vocabulary) is kept, so each method selects and is costed exactly as on `config` (see the module docstring)."""
+    proxy = copy.deepcopy(config)
+    proxy.text_config.intermediate_size = intermediate_size
+    return proxy
+
+
 @dataclass
 class BenchRow:
     method: str
     budget: int | None  # the requested budget (None: vanilla)
     tokens: float  # visual tokens reaching the last LLM layer (mean over the batch)
     equivalent_tokens: float  # layer-averaged visual tokens (in-LLM methods differ from `tokens`)
-    llm_tflops: float
+    llm_tflops: float  # the LLM alone (the papers' convention: vanilla LLaVA-1.5-7B = 8.89)
+    llm_selection_tflops: float  # LLM + selection: without the vision tower (and the projector)
     total_tflops: float  # vision tower + projector + selection + LLM
     selection_gflops: float
-    latency_ms: float
-    speedup: float = 1.0
-    ideal_fraction: float = 1.0  # ideal (uniform) latency / this latency, at the same budget
+    stages: list[tuple[int, int]]  # (first layer, visual tokens alive) as the pruned forward reported them
+    latency_ms: float | None = None  # None: not timed (--flops-only)
+    speedup: float | None = None
+    ideal_fraction: float | None = None  # ideal (uniform) latency / this latency, at the same budget
+
+
+def bench_vlm(model: LlavaForConditionalGeneration, method: str, budget: int | None) -> PrunedVLM:
+    """`method` at `budget` on `model`; StepPrune is an untrained selector (random weights, like the model) capped
+    at T_max = budget: its small STOP vector rarely wins untrained, so it runs ~`budget` pointer steps."""
+    extra = {"allow_random": True, "t_max": budget} if method == "steprune" else {}
+    return PrunedVLM(model, None, method=method, budget=budget, **extra)
+
+
+def flops_row(
+    vlm: PrunedVLM, inputs: dict, method: str, budget: int | None, config: LlavaConfig, text_tokens: int
+) -> BenchRow:
+    """What `vlm` reports about its selection on `inputs`, costed analytically on `config` (per sample)."""
+    report = vlm.selection_report(**inputs)
+    n = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    stages = [(int(layer), int(k)) for layer, k in report.visual_tokens_per_stage]
+    kept = float(report.result.lengths.float().mean()) if len(stages) == 1 else stages[-1][1]
+    selection = report.selection_flops / report.result.keep.shape[0]
+    cost = measured_prefill_cost(config, n, stages, round(kept), text_tokens, selection)
+    num_layers = config.text_config.num_hidden_layers
+    equivalent = equivalent_visual_tokens(num_layers, [(0, n), *stages[1:]]) if len(stages) > 1 else kept
+    return BenchRow(
+        method,
+        budget,
+        kept,
+        equivalent,
+        cost.tflops("llm"),
+        (cost.llm + cost.selection) / 1e12,
+        cost.tflops(),
+        selection / 1e9,
+        stages,
+    )
+
+
+def add_latency(rows: list[BenchRow], calls: Sequence[Callable[[], object]], device: str, warmup: int, repeats: int):
+    """Time every row's call (rows[0] is vanilla) and fill latency, speed-up and fraction of the ideal."""
+    for row, latency in zip(rows, round_robin_latency_ms(calls, device, warmup, repeats), strict=True):
+        row.latency_ms = latency
+    for row in rows:
+        row.speedup = rows[0].latency_ms / row.latency_ms
+        ideal = next((r for r in rows if r.method == "uniform" and r.budget == row.budget), None)
+        row.ideal_fraction = ideal.latency_ms / row.latency_ms if ideal is not None else 1.0
 
 
 def run_bench(
@@ -139,10 +207,12 @@ def run_bench(
     dtype: torch.dtype = torch.float32,
     warmup: int = 2,
     repeats: int = 5,
+    flops_only: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict:
+    """Every method at every budget: FLOPs, and (unless `flops_only`, which runs on `proxy_config`) latency."""
     config = bench_config(config_name)
-    model = build_model(config, device, dtype)
+    model = build_model(proxy_config(config) if flops_only else config, device, dtype)
     inputs = bench_inputs(config, text_tokens, batch, device, dtype)
     n = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
     if budgets is None:
@@ -150,92 +220,45 @@ def run_bench(
     if methods is None:
         methods = [m for m in PRUNERS.names() if m != "identity"]
     for m in methods:
-        PRUNERS.get(m)  # fail before timing anything
-    num_layers = config.text_config.num_hidden_layers
-
-    def measure(method: str, budget: int | None) -> tuple[BenchRow, Callable[[], object]]:
+        PRUNERS.get(m)  # fail before running anything
+    ordered = ["uniform", *[m for m in methods if m != "uniform"]]  # the ideal zero-cost selector first
+    plan = [("identity", None), *[(m, b) for b in budgets for m in ordered]]
+    rows: list[BenchRow] = []
+    calls: list[Callable[[], object]] = []
+    for method, budget in plan:
         progress(f"FLOPs of {method} @ {budget}")
-        # StepPrune: an untrained selector (random weights, like the model) capped at T_max = budget; its small
-        # STOP vector rarely wins untrained, so it runs ~`budget` pointer steps (the row reports the tokens it kept)
-        extra = {"allow_random": True, "t_max": budget} if method == "steprune" else {}
-        vlm = PrunedVLM(model, None, method=method, budget=budget, **extra)
-        out = vlm(**inputs)
-        stages = [(layer, int(k)) for layer, k in out.visual_tokens_per_stage]
-        kept = float(out.result.lengths.float().mean()) if len(stages) == 1 else stages[-1][1]
-        selection = out.selection_flops / batch
-        cost = measured_prefill_cost(config, n, stages, round(kept), text_tokens, selection)
-        equivalent = equivalent_visual_tokens(num_layers, [(0, n), *stages[1:]]) if len(stages) > 1 else kept
-        row = BenchRow(method, budget, kept, equivalent, cost.tflops("llm"), cost.tflops(), selection / 1e9, 0.0)
-        return row, lambda: vlm.generate(**inputs, max_new_tokens=1)
-
-    vanilla, vanilla_call = measure("identity", None)
-    vanilla.method = "vanilla"
-    rows, calls = [vanilla], [vanilla_call]
-    for budget in budgets:
-        for method in ["uniform", *[m for m in methods if m != "uniform"]]:
-            row, call = measure(method, budget)
-            rows.append(row)
-            calls.append(call)
-    progress(f"latency: {len(calls)} configurations x {repeats} interleaved rounds")
-    for row, latency in zip(rows, round_robin_latency_ms(calls, device, warmup, repeats), strict=True):
-        row.latency_ms = latency
-    for row in rows:
-        row.speedup = vanilla.latency_ms / row.latency_ms
-        ideal = next((r for r in rows if r.method == "uniform" and r.budget == row.budget), None)
-        row.ideal_fraction = ideal.latency_ms / row.latency_ms if ideal is not None else 1.0
-    hardware = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"{platform.processor() or 'cpu'}"
-    return {
+        vlm = bench_vlm(model, method, budget)
+        rows.append(flops_row(vlm, inputs, method, budget, config, text_tokens))
+        if not flops_only:
+            calls.append(lambda vlm=vlm: vlm.generate(**inputs, max_new_tokens=1))
+    rows[0].method = "vanilla"
+    fixed = prefill_cost(config, n, text_tokens)
+    report = {
         "config": config_name,
+        "flops_only": flops_only,
         "visual_tokens": n,
         "text_tokens": text_tokens,
         "batch": batch,
         "device": device,
-        "hardware": hardware,
+        "hardware": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu",
         "cpu_threads": torch.get_num_threads(),
         "dtype": str(dtype).removeprefix("torch."),
         "torch": torch.__version__,
-        "warmup": warmup,
-        "repeats": repeats,
-        "rows": [asdict(r) for r in rows],
+        "vision_tflops": fixed.tflops("vision"),  # the same for every row: the tower sees the whole image
+        "projector_tflops": fixed.tflops("projector"),
     }
-
-
-def print_table(report: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    title = (
-        f"Prefill cost — {report['config']} config, {report['visual_tokens']} visual + {report['text_tokens']} text "
-        f"tokens, batch {report['batch']}, {report['hardware']} ({report['device']}, {report['dtype']})"
-    )
-    table = Table(title=title)
-    for column in (
-        "method",
-        "budget",
-        "tokens",
-        "equiv. tokens",
-        "LLM TFLOPs",
-        "total TFLOPs",
-        "selection GFLOPs",
-        "latency ms",
-        "speed-up",
-        "of ideal",
-    ):
-        table.add_column(column, justify="right" if column != "method" else "left")
-    for r in report["rows"]:
-        table.add_row(
-            r["method"],
-            "-" if r["budget"] is None else str(r["budget"]),
-            f"{r['tokens']:.1f}",
-            f"{r['equivalent_tokens']:.1f}",
-            f"{r['llm_tflops']:.4g}",
-            f"{r['total_tflops']:.4g}",
-            f"{r['selection_gflops']:.3g}",
-            f"{r['latency_ms']:.2f}",
-            f"{r['speedup']:.2f}x",
-            f"{r['ideal_fraction']:.0%}",
-        )
-    Console(width=max(Console().width, 150)).print(table)
+    if flops_only:
+        report["proxy"] = {
+            "text_intermediate_size": model.config.text_config.intermediate_size,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "note": "methods run on this proxy (the LLM MLP cut); FLOPs are analytic on the real config",
+        }
+    else:
+        progress(f"latency: {len(calls)} configurations x {repeats} interleaved rounds")
+        add_latency(rows, calls, device, warmup, repeats)
+        report.update(warmup=warmup, repeats=repeats)
+    report["rows"] = [asdict(r) for r in rows]
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -249,7 +272,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on cuda)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=None, help="JSON path (default: reports/bench_<config>_<device>.json)")
+    parser.add_argument(
+        "--flops-only", action="store_true", help="no timing: methods run on the MLP-cut proxy, FLOPs on the config"
+    )
+    parser.add_argument(
+        "--out", default=None, help="JSON path (default: reports/bench_<config>_<device>.json, flops_<config>.json)"
+    )
     args = parser.parse_args(argv)
     dtype_name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     dtype = getattr(torch, dtype_name)
@@ -267,13 +295,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             dtype,
             args.warmup,
             args.repeats,
+            args.flops_only,
             progress=lambda msg: status.update(f"benchmarking {msg}"),
         )
     print_table(report)
-    out = Path(args.out or f"reports/bench_{args.config}_{args.device.split(':')[0]}.json")
+    device = args.device.split(":")[0]
+    default = f"reports/flops_{args.config}.json" if args.flops_only else f"reports/bench_{args.config}_{device}.json"
+    out = Path(args.out or default)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     console.print(f"wrote {out}")
+    if args.flops_only:
+        command = shlex.join(["python", "-m", "steprune.eval.bench", *(sys.argv[1:] if argv is None else argv)])
+        out.with_suffix(".md").write_text(markdown_report(report, command))
+        console.print(f"wrote {out.with_suffix('.md')}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`make bench` on the micro configuration: table rows, FLOPs ordering, JSON written."""
+"""`make bench` on the micro configuration: table rows, FLOPs ordering, JSON written; the --flops-only path."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import json
 
 import pytest
 
-from steprune.eval.bench import main, run_bench
+from steprune.eval import bench
+from steprune.eval.bench import bench_config, main, run_bench
+from steprune.eval.flops import measured_prefill_cost
+from steprune.pruners import PRUNERS
 
 
 def test_run_bench_rows_and_flops_ordering():
@@ -57,3 +60,31 @@ def test_bench_cli_writes_json(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["config"] == "micro" and report["visual_tokens"] == 16
     assert "Prefill cost" in capsys.readouterr().out
+
+
+def test_flops_only_measures_no_time_and_costs_every_row_on_the_config(tmp_path, monkeypatch):
+    def no_timing(*args, **kwargs):
+        raise AssertionError("--flops-only must not time anything")
+
+    monkeypatch.setattr(bench, "round_robin_latency_ms", no_timing)
+    out = tmp_path / "flops.json"
+    assert main(["--config", "micro", "--flops-only", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    config = bench_config("micro")
+    n, text = report["visual_tokens"], report["text_tokens"]
+    assert report["flops_only"] and report["proxy"]["text_intermediate_size"] == 1
+    assert config.text_config.intermediate_size > 1, "FLOPs are costed on the real config, not on the proxy"
+    methods = [m for m in PRUNERS.names() if m != "identity"]
+    expected = {("vanilla", None)} | {(m, b) for m in methods for b in (5, 4, 2)}  # 192/128/64 of 576, on N = 16
+    assert {(r["method"], r["budget"]) for r in report["rows"]} == expected and len(report["rows"]) == len(expected)
+    for r in report["rows"]:
+        assert r["latency_ms"] is None and r["speedup"] is None
+        cost = measured_prefill_cost(config, n, r["stages"], round(r["tokens"]), text, r["selection_gflops"] * 1e9)
+        assert r["llm_tflops"] == pytest.approx(cost.tflops("llm"), rel=1e-12)
+        assert r["total_tflops"] == pytest.approx(cost.tflops(), rel=1e-12)
+        assert r["llm_selection_tflops"] == pytest.approx((cost.llm + cost.selection) / 1e12, rel=1e-12)
+    vanilla = report["rows"][0]
+    assert vanilla["method"] == "vanilla" and vanilla["stages"] == [[0, n]]
+    page = out.with_suffix(".md").read_text()
+    assert "python -m steprune.eval.bench --config micro --flops-only" in page and "| steprune | 2 |" in page
+    assert "latency" not in page
