@@ -71,12 +71,6 @@ class LayerView:
         self.flops[0] += 2.0 * b * r * d * out.shape[1] * attn.head_dim
         return apply_rope(out, cos, sin)
 
-    def queries_keys(self, layer: int) -> tuple[Tensor, Tensor]:
-        """RoPE'd queries (B, H, S, dh) and keys (B, H, S, dh) (GQA keys repeated) of `layer`."""
-        x = self._normed_input(layer)
-        q, k = self._project(layer, x, "q"), self._project(layer, x, "k")
-        return q, k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-
     def attention_rows(self, layer: int, query_positions: Tensor) -> Tensor:
         """Softmax attention (B, H, Q, S) of the queries at `query_positions` (B, Q), causal + padding masked.
 
@@ -103,7 +97,14 @@ class LayerView:
         return self.attention_rows(layer, last)[:, :, 0]
 
     def keys(self, layer: int) -> Tensor:
-        return self.queries_keys(layer)[1]
+        """RoPE'd keys (B, H, S, dh) of `layer` for the whole sequence, GQA heads repeated to the H query heads.
+
+        Only the k projection runs (and is counted); no query is projected.
+        """
+        attn = self.decoder.layers[layer].self_attn
+        k = self._project(layer, self._normed_input(layer), "k")  # (B, KV, S, dh)
+        heads = attn.q_proj.out_features // attn.head_dim
+        return k.repeat_interleave(heads // k.shape[1], dim=1)
 
 
 def _gather_seq(x: Tensor, cols: Tensor, dim: int) -> Tensor:

@@ -125,7 +125,7 @@ class DARTPruner:
         taken.scatter_(1, image_pivot, True)
         shares = pivot_shares(budget, image_pivots, text_pivots)
         picked = least_similar_greedy(image_feat, pivots, shares, taken)  # (B, budget - P_i)
-        # FLOPs beyond the q/k projections the view counts: key L1 norms, norm + normalise, cosines
+        # FLOPs beyond the k projection the view counts: key L1 norms, norm + normalise, cosines
         h, dh = keys.shape[1], keys.shape[3]
         steps = sum(map(bool, shares))
         view.flops[0] += float(b * s * h * dh + 6 * b * (n + text_pivots) * d + 2 * b * n * d * steps)

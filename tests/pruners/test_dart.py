@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from steprune.backbones.tiny import tiny_llava, tiny_qwen2_5_vl
+from steprune.eval.flops import measured_forward_flops
 from steprune.pruned_vlm import PrunedVLM
 from steprune.pruners import LayerDrop
 from steprune.pruners.dart import DARTPruner, pivot_shares
@@ -27,7 +28,8 @@ def make_inputs(processor, size: int, questions=QUESTIONS, seed: int = 0):
 
 
 class Recorder:
-    """Wraps a pruner; records the indices every in-LLM drop chose."""
+    """Wraps a pruner; records, for every in-LLM drop, the indices it chose, its view, the FLOPs it added to
+    the view's count and FlopCounterMode's count of the same call."""
 
     name = "recorder"
     reads_text = True
@@ -36,6 +38,9 @@ class Recorder:
     def __init__(self, inner) -> None:
         self.inner = inner
         self.chosen: list = []
+        self.views: list = []
+        self.counted: list[float] = []
+        self.measured: list[float] = []
 
     def select(self, ctx):
         return self.inner.select(ctx)
@@ -43,7 +48,10 @@ class Recorder:
     def layer_drops(self, ctx, num_layers):
         def wrap(choose):
             def recorded(view):
-                self.chosen.append(choose(view))
+                before = view.flops[0]
+                self.measured.append(measured_forward_flops(lambda: self.chosen.append(choose(view))))
+                self.counted.append(view.flops[0] - before)
+                self.views.append(view)
                 return self.chosen[-1]
 
             return recorded
@@ -105,6 +113,26 @@ def test_dart_matches_naive(llava64, budget, text_free):
     prepared = vlm.prepare(**batch)
     ref = naive_dart(model, prepared.spliced, 2, budget, text_pivots=0 if text_free else 4)
     assert [sorted(c.tolist()) for c in chosen] == ref
+
+
+def test_selection_flops_count_the_key_projection_once_and_no_query(llava64):
+    """The FLOPs DART reports == FlopCounterMode's count of its drop (the GQA-narrow k projection of layer K-1
+    and the pivot cosines: no query is projected) + the element-wise work it adds by hand."""
+    model, processor = llava64
+    budget = 23
+    rec = Recorder(DARTPruner(layer=2, reference_layers=None))
+    out = PrunedVLM(model, processor, method=rec, budget=budget)(**make_inputs(processor, 64))
+    (view,), (counted,), (measured,) = rec.views, rec.counted, rec.measured
+    b, s = view.valid.shape
+    n, d = view.image_positions.shape[1], view.hidden_states.shape[-1]
+    attn = model.model.language_model.layers[1].self_attn
+    heads, kv, dh = attn.config.num_attention_heads, attn.config.num_key_value_heads, attn.head_dim
+    assert kv < heads, "the tiny model should use GQA, so that the k projection is narrower than q"
+    steps = sum(map(bool, pivot_shares(budget, 4, 4)))
+    k_projection, cosines = 2.0 * b * s * d * kv * dh, 2.0 * b * n * d * steps
+    assert measured == k_projection + cosines
+    assert counted == measured + b * s * heads * dh + 6 * b * (n + 4) * d  # + key L1 norms, norm + normalise
+    assert out.selection_flops == counted
 
 
 def test_pivot_shares():
