@@ -144,5 +144,5 @@ class HoloVPruner(PrePrunerBase):
         keep_slot = (inside < alloc.unsqueeze(-1)) & valid
         chosen = torch.zeros(b, n, dtype=torch.bool, device=device)
         chosen[:, layout[valid]] = keep_slot[:, valid]
-        flops = access_flops(access, self.layer, "cls") + 2.0 * b * c * s * s * d + 3.0 * b * n * d
+        flops = access_flops(access, self.layer, cls=True) + 2.0 * b * c * s * s * d + 3.0 * b * n * d
         return PruneResult.from_mask(chosen, selection_flops=flops, chunk_scores=score.float(), allocation=alloc)

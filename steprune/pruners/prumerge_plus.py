@@ -44,6 +44,7 @@ from torch import Tensor
 
 from steprune.pruners.contract import PrePrunerBase, PruneContext, PruneResult
 from steprune.pruners.registry import PRUNERS
+from steprune.pruners.visionzip import access_flops
 
 
 def adaptive_keep(scores: Tensor, budget: int) -> tuple[Tensor, Tensor]:
@@ -109,16 +110,5 @@ class PruMergePlusPruner(PrePrunerBase):
         merged = merged.masked_fill(~mask.unsqueeze(-1), 0.0).to(ctx.image_tokens.dtype)
 
         k_max = keep.shape[1]
-        flops = self._attention_flops(ctx, b, n) + 2.0 * b * k_max * n * dk + 2.0 * b * k_max * m * d
+        flops = access_flops(ctx.vision, -1, cls=True, keys=True) + 2.0 * b * k_max * n * dk + 2.0 * b * k_max * m * d
         return PruneResult(keep, mask, merged, flops, {"scores": attn, "num_outliers": n_out})
-
-    @staticmethod
-    def _attention_flops(ctx: PruneContext, b: int, n: int) -> float:
-        """q/k work of the two access calls (CLS row + keys); on Qwen the N x N substitute attention."""
-        layers = getattr(ctx.vision, "layers", None)
-        if not ctx.vision.has_cls or layers is None:
-            return 2.0 * b * n * n * ctx.image_tokens.shape[-1]
-        attn = layers[-1].self_attn
-        dv, s = attn.q_proj.in_features, n + 1
-        qk = 2.0 * b * s * dv * (attn.q_proj.out_features + attn.k_proj.out_features)
-        return 2 * qk + 2.0 * b * s * attn.q_proj.out_features  # _qk runs twice; one CLS row of scores

@@ -34,7 +34,6 @@ Deliberate differences from the authors' code:
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -53,19 +52,21 @@ def require_vision(ctx: PruneContext, method: str) -> VisionAccess:
     return ctx.vision
 
 
-def access_flops(access: VisionAccess, layer: int, what: Literal["cls", "keys"]) -> float:
-    """FLOPs one explicit `cls_attention` / `keys` call of `access` spends (matmuls only).
+def access_flops(access: VisionAccess, layer: int, cls: bool = False, keys: bool = False) -> float:
+    """FLOPs (matmuls only) a method spends reading `cls_attention` (`cls`) and/or `keys` of one layer.
 
-    CLIP: q and k projections of layer `layer` are recomputed on all S tokens (2 * 2 S D^2), plus the
-    CLS score row (2 S D) for "cls". Token-similarity substitute: the full N x N score matrix (2 N^2 D)
-    for "cls", nothing for "keys". Unknown accesses count 0.
+    CLIP: the first read of a layer projects q and k on all S tokens (2 * 2 S D^2) and `ClipVisionAccess`
+    caches them, so they count once whichever of the two reads a method makes; `cls` adds the CLS score
+    row (2 S D). Token-similarity substitute: the full N x N score matrix (2 N^2 D) for `cls`, nothing for
+    `keys`. Unknown accesses count 0. Counted as a method's own cost (as on a fresh access).
     """
     if isinstance(access, ClipVisionAccess):
         b, s, d = access.hidden_states[layer % len(access.layers)].shape
-        return 4.0 * b * s * d * d + (2.0 * b * s * d if what == "cls" else 0.0)
+        projections = 4.0 * b * s * d * d if cls or keys else 0.0
+        return projections + (2.0 * b * s * d if cls else 0.0)
     if isinstance(access, TokenSimilarityAccess):
         b, n, d = access.tokens.shape
-        return 2.0 * b * n * n * d if what == "cls" else 0.0
+        return 2.0 * b * n * n * d if cls else 0.0
     return 0.0
 
 
@@ -99,10 +100,10 @@ class VisionZipPruner(PrePrunerBase):
         dominant, contextual = split_budget(ctx.budget, self.dominant_ratio)
 
         cls = access.cls_attention(layer=self.layer, reduce="sum").float()  # (B, N)
-        flops = access_flops(access, self.layer, "cls")
         dom_idx = descending_order(cls)[:, :dominant]  # (B, D)
         dom_feat = tokens.gather(1, dom_idx.unsqueeze(-1).expand(-1, -1, d_llm))  # (B, D, D_llm)
         if contextual == 0:
+            flops = access_flops(access, self.layer, cls=True)
             return PruneResult.from_indices(dom_idx, merged=dom_feat, selection_flops=flops)
 
         # the remaining tokens, in index order
@@ -115,8 +116,7 @@ class VisionZipPruner(PrePrunerBase):
         is_target[torch.arange(0, r, step, device=tokens.device)[:contextual]] = True
         target_idx, other_idx = rest[:, is_target], rest[:, ~is_target]  # (B, C), (B, R - C)
 
-        keys = access.keys(self.layer)  # (B, H, S, dh); CLIP: S = 1 + N with CLS first
-        flops += access_flops(access, self.layer, "keys")
+        keys = access.keys(self.layer)  # (B, H, S, dh); CLIP: S = 1 + N with CLS first, q/k cached above
         metric = keys.float().mean(dim=1)  # (B, S, dh)
         if access.has_cls:
             metric = metric[:, 1:]
@@ -135,6 +135,7 @@ class VisionZipPruner(PrePrunerBase):
             1, assign, torch.ones_like(assign, dtype=torch.float)
         )
         merged_ctx = (sums / counts.unsqueeze(-1)).to(tokens.dtype)  # (B, C, D_llm)
+        flops = access_flops(access, self.layer, cls=True, keys=True)
         flops += 2.0 * b * (r - contextual) * contextual * dh + b * (r - contextual) * d_llm + b * contextual * d_llm
 
         indices = torch.cat([dom_idx, target_idx], dim=1)  # (B, K)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -12,6 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from steprune.backbones.tiny import tiny_llava, tiny_qwen2_5_vl
+from steprune.backbones.vision_access import ClipVisionAccess
+from steprune.eval.flops import measured_forward_flops
 from steprune.pruned_vlm import PrunedVLM
 from steprune.pruners import PRUNERS, PruneContext
 from steprune.pruners.prumerge_plus import PruMergePlusPruner
@@ -121,6 +124,19 @@ def test_matches_naive_with_ragged_k(budget):
 @pytest.fixture(scope="module")
 def llava64():
     return tiny_llava(image_size=64)  # N = 64
+
+
+def test_selection_flops_equal_flop_counter(llava64):
+    """Reported FLOPs == FlopCounterMode's count of `select` on an uncached access (the last layer's q/k projected
+    once, the CLS row, the neighbour similarities) + the weighted peer sums it adds by hand (not matmuls)."""
+    model, processor = llava64
+    ctx = PrunedVLM(model, processor, method="prumerge_plus", budget=32).prepare(**make_inputs(processor, 64)).context
+    ctx = dataclasses.replace(ctx, vision=ClipVisionAccess(ctx.vision.hidden_states, ctx.vision.layers))
+    results = []
+    measured = measured_forward_flops(lambda: results.append(PruMergePlusPruner().select(ctx)))
+    b, n, d = ctx.image_tokens.shape
+    peer_sums = 2.0 * b * results[0].keep.shape[1] * min(32, n - 1) * d
+    assert results[0].selection_flops == measured + peer_sums
 
 
 def test_llava_matches_naive_on_eager_cls_attention(llava64):

@@ -11,6 +11,8 @@ import torch
 
 from steprune import PrunedVLM
 from steprune.backbones.tiny import tiny_llava
+from steprune.backbones.vision_access import ClipVisionAccess
+from steprune.eval.flops import measured_forward_flops
 from steprune.pruners import PRUNERS, PruneContext
 from steprune.pruners.visionzip import split_budget
 from tests.inputs import make_inputs
@@ -85,6 +87,22 @@ def test_tiny_llava_matches_naive(llava64, budget):
     projected = model.model.multi_modal_projector(out.hidden_states[-2][:, 1:])  # (B, N, D_llm)
     expected = [naive_visionzip(projected[b], cls[b], keys[b], budget) for b in range(2)]
     assert_matches(prepared.result, expected)
+
+
+@pytest.mark.parametrize("budget", [3, 16])  # 3: dominant tokens only (CLS row); 16: 14 + 2 contextual (+ keys)
+def test_selection_flops_equal_flop_counter(llava64, budget):
+    """Reported FLOPs == FlopCounterMode's count of `select` on an uncached access (layer -2's q/k projected
+    once, the CLS row, the key similarities) + the merge's sums and means it adds by hand (not matmuls)."""
+    model, processor = llava64
+    vlm = PrunedVLM(model, processor, method="visionzip", budget=budget)
+    ctx = vlm.prepare(**make_inputs(processor, size=64)).context
+    ctx = dataclasses.replace(ctx, vision=ClipVisionAccess(ctx.vision.hidden_states, ctx.vision.layers))
+    results = []
+    measured = measured_forward_flops(lambda: results.append(PRUNERS.create("visionzip").select(ctx)))
+    b, n, d_llm = ctx.image_tokens.shape
+    dominant, _ = split_budget(budget, 54 / 64)
+    merge = b * (n - dominant) * d_llm if dominant < budget else 0
+    assert results[0].selection_flops == measured + merge
 
 
 class TokenAccess:
