@@ -12,6 +12,12 @@ action is forced to STOP, so they mark nothing) until every sample stopped or T_
 later steps carry `step_valid = False` and are ignored. Each step runs one new query through the layers
 with a key/value cache of the earlier steps' self-attention.
 
+Training may ask for the *continuation* (`continue_after_stop=True`): every sample runs all T_max steps, and
+each step feeds back its best visual token even where STOP won, so the steps after a sample's STOP show
+what it would have chosen had it gone on. The hard selection is unchanged — before a sample's first STOP
+the best visual token is the argmax, so the trajectory up to it is exactly the loop above — and `horizon`
+marks all T_max steps, over which the surrogate sums `A_t` (methods.md §1.4: E[K] = sum_{t=1..T_max} A_t).
+
 Choices where the specification is open:
 * The pointer projection W_p is single-head and bias-free: `u_t = (W_q LN(h_t)) . (W_k M)^T / sqrt(D)`,
   with h_t the last layer's output for the current query after a final LayerNorm.
@@ -44,6 +50,7 @@ class PointerOutput:
     chosen: Tensor  # (B, T_max) long: chosen visual tokens in choice order, padded with 0
     chosen_mask: Tensor  # (B, T_max) bool: True on real entries of `chosen`
     lengths: Tensor  # (B,) long: K, visual tokens chosen before STOP (or T_max)
+    horizon: Tensor  # (B, T) bool: steps the alive-weighted surrogate sums over (step_valid, or all with continuation)
 
     @property
     def num_tokens(self) -> int:
@@ -114,7 +121,7 @@ class PointerDecoder(nn.Module):
         """M = [H ; s]: (B, N+1, D)."""
         return torch.cat([h, self.stop.to(h.dtype).expand(h.shape[0], 1, -1)], dim=1)
 
-    def forward(self, h: Tensor, t_max: int, tau: float = 1.0) -> PointerOutput:
+    def forward(self, h: Tensor, t_max: int, tau: float = 1.0, continue_after_stop: bool = False) -> PointerOutput:
         b, n, d = h.shape  # (B, N, D)
         if isinstance(t_max, bool) or not isinstance(t_max, int) or not 1 <= t_max <= n:
             raise ValueError(f"t_max must be an int in 1..N={n} (a token is never chosen twice), got {t_max!r}")
@@ -134,21 +141,34 @@ class PointerDecoder(nn.Module):
                 x, caches[i] = layer.step(x, caches[i], memory_kv[i])
             query = self.pointer_q(self.norm(x))  # (B, D)
             u = torch.einsum("bd,bmd->bm", query, pointer_keys) / math.sqrt(d)  # (B, N+1)
-            pi = torch.softmax((u + log_mask) / tau, dim=-1)  # (B, N+1)
-            action = torch.where(done, n, pi.argmax(dim=-1))  # stopped samples keep choosing STOP
-            onehot = F.one_hot(action, n + 1).to(pi.dtype)
+            logits = u + log_mask  # (B, N+1)
+            pi = torch.softmax(logits / tau, dim=-1)  # (B, N+1)
+            action = torch.where(done, n, logits.argmax(dim=-1))  # stopped samples keep choosing STOP
+            # what is fed back: the hard action, or with continuation the best visual token (= the action
+            # until the sample's first STOP)
+            fed = logits[:, :n].argmax(dim=-1) if continue_after_stop else action
+            onehot = F.one_hot(fed, n + 1).to(pi.dtype)
             y = onehot + pi - pi.detach()  # straight-through: forward hard, backward through pi
             e = torch.einsum("bm,bmd->bd", y, memory)  # (B, D)
-            log_mask = log_mask.masked_fill(onehot.bool() & (action < n)[:, None], float("-inf"))
+            log_mask = log_mask.masked_fill(onehot.bool() & (fed < n)[:, None], float("-inf"))
             actions.append(action)
             pis.append(pi)
             valids.append(~done)
             done = done | (action == n)
-            if bool(done.all()):
+            if bool(done.all()) and not continue_after_stop:
                 break
         actions_t = torch.stack(actions, dim=1)  # (B, T)
         valid_t = torch.stack(valids, dim=1)  # (B, T)
         picked = valid_t & (actions_t < n)  # (B, T): real visual choices, a prefix of each row
         chosen = F.pad(actions_t.masked_fill(~picked, 0), (0, t_max - actions_t.shape[1]))
         chosen_mask = F.pad(picked, (0, t_max - actions_t.shape[1]))
-        return PointerOutput(actions_t, torch.stack(pis, dim=1), valid_t, chosen, chosen_mask, picked.sum(dim=1))
+        horizon = torch.ones_like(valid_t) if continue_after_stop else valid_t
+        return PointerOutput(
+            actions_t,
+            torch.stack(pis, dim=1),
+            valid_t,
+            chosen,
+            chosen_mask,
+            picked.sum(dim=1),
+            horizon,
+        )

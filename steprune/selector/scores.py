@@ -6,7 +6,8 @@ All three read the pointer trajectory (`PointerOutput.pi`, `.step_valid`) and ar
     s = soft_scores(out.pi, out.step_valid, gamma=0.9)            # (B, N), aggregation "full"
     ek = expected_length(out.pi, out.step_valid)                  # (B,)
 
-Definitions (steps t = 1..T, STOP = index N of pi; sums run over each sample's valid steps only):
+Definitions (steps t = 1..T, STOP = index N of pi; sums run over each sample's valid steps, or over the
+`horizon` steps where one is given — the pointer's continuation, see `PointerDecoder`):
 * alive:  A_1 = 1,  A_t = prod_{j<t} (1 - pi_j[STOP]).
 * soft score of visual token i, by `aggregation`:
     - "full":        s_i = sum_t gamma^(t-1) * A_t * pi_t[i]   (the specified form)
@@ -15,6 +16,13 @@ Definitions (steps t = 1..T, STOP = index N of pi; sums run over each sample's v
     - "last_step":   s_i = pi_{t_last}[i], t_last = the sample's last valid step (its STOP step, or T_max)
 * expected length: E[K] = sum_t A_t (as specified; strictly the expected number of steps, STOP step
   included, i.e. E[#tokens] + P(stop before T_max)).
+
+With a horizon (the pointer's continuation over all T_max steps) the alive-weighted forms ("full",
+"alive_only") and E[K] sum over every step t = 1..T_max, as methods.md §1.4 writes E[K]: the steps after
+a sample's STOP count with their small A_t, so lowering a STOP probability raises the weight of the tokens
+the pointer would choose next — the language-model loss can ask for a longer selection, not only the
+length term for a shorter one. "uniform_sum" and "last_step" have no alive weight and keep to the steps the
+hard policy took.
 
 Choice where the specification is open: "valid steps" are steps 1..t_stop of each sample (the step at
 which it chose STOP counts; the forced steps after it do not). Summing to T_max instead would make a
@@ -41,7 +49,13 @@ def alive_probability(pi: Tensor, step_valid: Tensor) -> Tensor:
     return alive * step_valid.to(alive.dtype)
 
 
-def soft_scores(pi: Tensor, step_valid: Tensor, gamma: float = 1.0, aggregation: Aggregation = "full") -> Tensor:
+def soft_scores(
+    pi: Tensor,
+    step_valid: Tensor,
+    gamma: float = 1.0,
+    aggregation: Aggregation = "full",
+    horizon: Tensor | None = None,
+) -> Tensor:
     """Per-token soft score s (B, N) from the trajectory; see the module docstring for each aggregation."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
@@ -53,13 +67,14 @@ def soft_scores(pi: Tensor, step_valid: Tensor, gamma: float = 1.0, aggregation:
     if aggregation == "uniform_sum":
         weight = valid
     else:
-        weight = alive_probability(pi, step_valid)
+        weight = alive_probability(pi, step_valid if horizon is None else horizon)
         if aggregation == "full":
             steps = torch.arange(pi.shape[1], device=pi.device, dtype=pi.dtype)
             weight = weight * gamma**steps  # gamma^(t-1) for t = 1..T
     return torch.einsum("bt,btn->bn", weight, visual)
 
 
-def expected_length(pi: Tensor, step_valid: Tensor) -> Tensor:
-    """E[K] = sum_t A_t over valid steps: (B,), differentiable in pi[..., STOP]."""
-    return alive_probability(pi, step_valid).sum(dim=1)
+def expected_length(pi: Tensor, steps: Tensor) -> Tensor:
+    """E[K] = sum_t A_t over `steps` (B, T) (the valid steps, or the continuation's horizon): (B,),
+    differentiable in pi[..., STOP]."""
+    return alive_probability(pi, steps).sum(dim=1)

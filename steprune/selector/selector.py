@@ -19,6 +19,13 @@ Choices where the specification is open:
 * `k_bar=None` in `forward_train` uses the batch mean of the hard K (the training loop normally passes
   its running EMA).
 * The denoiser works in the vision width D_v (its output feeds the MLLM's projector).
+* `horizon="stop"` (default): the surrogate sums over each sample's own steps, up to its STOP (§1.2: a
+  stopped sample contributes nothing after its stop). `horizon="t_max"` runs the pointer's continuation in
+  training (every sample runs T_max steps, see `PointerDecoder`) and sums the alive-weighted scores and E[K]
+  over t = 1..T_max, the literal form of §1.4's E[K]. Measured on the built-in world (committed config,
+  seed 1): "stop" collapses to K of about 3 by step 44; "t_max" goes the other way, K = T_max = 32 from
+  step 24 with val retention 0.61 — the continuation lets the LM loss ask for more tokens before the length
+  term has warmed up, and the STOP probability saturates.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from steprune.selector.soft_topk import sigmoid_topk, soft_topk
 
 FORMAT = "steprune-selector/1"
 Polarisation = Literal["ot", "sigmoid"]
+Horizon = Literal["t_max", "stop"]
 
 
 class Selection(NamedTuple):
@@ -81,12 +89,15 @@ class StepPruneSelector(nn.Module):
         aggregation: Aggregation = "full",
         polarisation: Polarisation = "ot",
         polarisation_iters: int = 100,
+        horizon: Horizon = "stop",
     ) -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         if polarisation not in ("ot", "sigmoid"):
             raise ValueError(f"polarisation must be 'ot' or 'sigmoid', got {polarisation!r}")
+        if horizon not in ("t_max", "stop"):
+            raise ValueError(f"horizon must be 't_max' or 'stop', got {horizon!r}")
         if t_max is not None and (isinstance(t_max, bool) or not isinstance(t_max, int) or t_max < 1):
             raise ValueError(f"t_max must be a positive int or None (= N), got {t_max!r}")
         self.config = {
@@ -105,23 +116,32 @@ class StepPruneSelector(nn.Module):
             "aggregation": aggregation,
             "polarisation": polarisation,
             "polarisation_iters": polarisation_iters,
+            "horizon": horizon,
         }
         self.t_max = t_max
         self.aggregation: Aggregation = aggregation
         self.polarisation: Polarisation = polarisation
         self.polarisation_iters = polarisation_iters
+        self.horizon: Horizon = horizon
         self.encoder = CrossModalEncoder(d_vision, d_text, d_model, encoder_layers, encoder_heads, mlp_ratio, causal)
         self.decoder = PointerDecoder(self.encoder.d_model, decoder_layers, decoder_heads, mlp_ratio)
         self.denoiser = LocalDenoiser(d_vision, denoiser_heads, mlp_ratio, denoiser_layer_scale)
 
     # ------------------------------------------------------------------------------------------------
     def pointer(
-        self, vision: Tensor, text: Tensor, text_mask: Tensor, alpha: float | Tensor, tau: float, t_max: int | None
+        self,
+        vision: Tensor,
+        text: Tensor,
+        text_mask: Tensor,
+        alpha: float | Tensor,
+        tau: float,
+        t_max: int | None,
+        continue_after_stop: bool = False,
     ) -> PointerOutput:
         """Encoder + pointer loop: the hard trajectory and its distributions."""
         h = self.encoder(vision, text, text_mask, alpha)  # (B, N, D)
         steps = t_max if t_max is not None else (self.t_max if self.t_max is not None else vision.shape[1])
-        return self.decoder(h, steps, tau)
+        return self.decoder(h, steps, tau, continue_after_stop)
 
     def forward_train(
         self,
@@ -137,8 +157,8 @@ class StepPruneSelector(nn.Module):
         t_max: int | None = None,
     ) -> dict[str, Tensor]:
         """The training surrogate of methods.md §1.3 for vision (B, N, D_v), text (B, L, D_llm), text_mask (B, L)."""
-        out = self.pointer(vision, text, text_mask, alpha, tau, t_max)
-        scores = soft_scores(out.pi, out.step_valid, gamma, self.aggregation)  # (B, N)
+        out = self.pointer(vision, text, text_mask, alpha, tau, t_max, continue_after_stop=self.horizon == "t_max")
+        scores = soft_scores(out.pi, out.step_valid, gamma, self.aggregation, out.horizon)  # (B, N)
         k = out.lengths.to(scores.dtype).mean() if k_bar is None else k_bar
         if self.polarisation == "ot":
             g = soft_topk(scores, k, beta, self.polarisation_iters)  # (B, N)
@@ -148,11 +168,12 @@ class StepPruneSelector(nn.Module):
         return {
             "g": g,
             "scores": scores,
-            "expected_length": expected_length(out.pi, out.step_valid),  # (B,)
+            "expected_length": expected_length(out.pi, out.horizon),  # (B,)
             "k": out.lengths,  # (B,) hard K
             "features": features,
             "pi": out.pi,  # (B, T, N+1)
             "step_valid": out.step_valid,  # (B, T)
+            "horizon": out.horizon,  # (B, T)
             "chosen": out.chosen,  # (B, T_max) choice order
             "chosen_mask": out.chosen_mask,
         }

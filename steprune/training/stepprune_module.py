@@ -57,6 +57,7 @@ class StepPruneModule(L.LightningModule):
         causal: bool = False,
         aggregation: Aggregation = "full",
         polarisation: str = "ot",
+        horizon: str = "stop",
         k_bar_momentum: float = 0.9,
         min_k_bar: float = 1.0,
         lr: float = 3e-4,
@@ -87,6 +88,7 @@ class StepPruneModule(L.LightningModule):
             t_max=t_max,
             aggregation=aggregation,
             polarisation=polarisation,
+            horizon=horizon,
         )
         self.alpha = 0.0  # the text gate, annealed by TextGateSchedule
         self.tau = tau  # the pointer temperature, annealed by TemperatureSchedule

@@ -112,3 +112,24 @@ def test_expected_length_gradient_wrt_stop_matches_finite_differences():
         assert torch.equal(a_plus, actions) and torch.equal(a_minus, actions), "the hard choices must not flip"
         numeric[i] = (plus.detach() - minus.detach()) / (2 * h)
     torch.testing.assert_close(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_with_the_t_max_horizon_the_stop_choice_itself_gets_a_gradient():
+    """Horizon "t_max": E[K] sums A_t past a sample's STOP, so the STOP probability of the step where it
+    stopped moves E[K]; with horizon "stop" it moves nothing (no gradient could ever say "go on")."""
+    vision, text, mask = batch(seed=4)
+    for horizon, expect_gradient in (("t_max", True), ("stop", False)):
+        sel = micro(seed=3)
+        sel.horizon = horizon
+        with torch.no_grad():  # W_q(h) = q* + small, W_k = I, s = 50 q*: STOP wins at once (K = 0, one hard step)
+            q_star = torch.ones(16, dtype=torch.float64)
+            sel.decoder.pointer_q.weight.mul_(0.01)
+            sel.decoder.pointer_q.bias = torch.nn.Parameter(q_star.clone())
+            sel.decoder.pointer_k.weight.copy_(torch.eye(16))
+            sel.decoder.stop.copy_(50 * q_star)
+        out = sel.forward_train(vision, text, mask, alpha=1.0, tau=1.0, k_bar=2.0, t_max=4)
+        assert out["k"].tolist() == [0, 0], "the fixture must stop at once"
+        out["pi"].retain_grad()
+        out["expected_length"].sum().backward()
+        stop_step_gradient = float(out["pi"].grad[:, 0, -1].abs().max())
+        assert (stop_step_gradient > 1e-6) == expect_gradient, (horizon, stop_step_gradient)

@@ -121,3 +121,27 @@ def test_batch_equals_each_sample_alone():
 def test_t_max_beyond_n_is_a_clear_error(t_max):
     with pytest.raises(ValueError, match=r"t_max must be an int in 1\.\.N=10"):
         micro_decoder()(torch.randn(1, 10, D), t_max=t_max)
+
+
+def test_continuation_keeps_the_hard_selection_and_runs_every_step():
+    """`continue_after_stop`: same hard selection and prefix; T_max steps, each fed back a fresh visual token."""
+    torch.manual_seed(5)
+    n, t_max = 12, 9
+    q_star = torch.randn(D)
+    h = torch.randn(3, n, D)
+    h[2] = -h[2].abs() * q_star.sign()  # sample 2 stops at once (K = 0)
+    for dec in (micro_decoder(seed=6), oracle_decoder(q_star, 0.0 * q_star)):
+        plain = dec(h, t_max=t_max)
+        cont = dec(h, t_max=t_max, continue_after_stop=True)
+        assert torch.equal(plain.chosen, cont.chosen) and torch.equal(plain.lengths, cont.lengths)
+        assert cont.pi.shape[1] == t_max and bool(cont.horizon.all())
+        assert torch.equal(plain.horizon, plain.step_valid)
+        for s in range(3):
+            steps = int(plain.step_valid[s].sum())
+            assert torch.equal(plain.actions[s, :steps], cont.actions[s, :steps])
+            assert torch.equal(plain.step_valid[s], cont.step_valid[s, : plain.step_valid.shape[1]])
+            torch.testing.assert_close(plain.pi[s, :steps], cont.pi[s, :steps], rtol=1e-5, atol=1e-6)
+            # after its STOP the sample goes on choosing visual tokens, never one twice, STOP never masked
+            fed = [int(cont.pi[s, t, :n].argmax()) for t in range(t_max)]
+            assert len(set(fed)) == t_max
+            assert float(cont.pi[s, :, n].min()) > 0.0

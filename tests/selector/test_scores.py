@@ -69,3 +69,18 @@ def test_alive_only_is_full_with_gamma_one_and_unknown_aggregation_fails():
     torch.testing.assert_close(soft_scores(pi, valid, 1.0, "full"), soft_scores(pi, valid, 0.3, "alive_only"))
     with pytest.raises(ValueError, match="aggregation must be one of"):
         soft_scores(pi, valid, 1.0, "mean")
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_a_horizon_extends_the_alive_weighted_sums_to_every_step(aggregation):
+    """With the pointer's continuation (horizon = all T steps) "full", "alive_only" and E[K] sum over t = 1..T;
+    "uniform_sum" and "last_step" have no alive weight and keep to the hard steps."""
+    pi, valid, steps = trajectory(seed=2)
+    horizon = torch.ones_like(valid)
+    every = [pi.shape[1]] * pi.shape[0]
+    alive_weighted = aggregation in ("full", "alive_only")
+    expected, _ = naive(pi, every if alive_weighted else steps, 0.8, aggregation)
+    torch.testing.assert_close(soft_scores(pi, valid, 0.8, aggregation, horizon), expected)
+    _, lengths = naive(pi, every, 1.0, "full")
+    torch.testing.assert_close(expected_length(pi, horizon), lengths)
+    assert float((lengths - expected_length(pi, valid))[1:].min()) > 0, "stopped samples gain the later A_t"
