@@ -19,7 +19,18 @@ EXPERIMENT = str(ROOT / "experiments" / "stepprune_world.yaml")
 
 def test_there_are_sweep_files():
     names = {p.name for p in SWEEP_FILES}
-    assert {"stepprune_lambda_gamma_tau.yaml", "ablation_table4.yaml"} <= names
+    assert {"stepprune_lambda_gamma_tau.yaml", "ablation_table4.yaml", "ablation_grid.yaml"} <= names
+
+
+def test_the_table4_ablation_holds_the_papers_five_rows():
+    """Table 4 changes one thing at a time from bidirectional+full; the grid file has all 2 x 4 cells."""
+    table4, grid = load_spec(ROOT / "sweeps" / "ablation_table4.yaml"), load_spec(ROOT / "sweeps" / "ablation_grid.yaml")
+    reference = table4.variants[table4.reference]
+    assert reference == {"model.causal": False, "model.aggregation": "full"}
+    others = [v for name, v in table4.variants.items() if name != table4.reference]
+    assert len(others) == 4 and all(sum(v[k] != reference[k] for k in reference) == 1 for v in others)
+    assert len(grid.variants) == 8 and all(v in grid.variants.values() for v in table4.variants.values())
+    assert len(table4.seeds) >= 3 and table4.seeds == grid.seeds
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.name for p in SWEEP_FILES])
