@@ -25,9 +25,10 @@ length term for a shorter one. "uniform_sum" and "last_step" have no alive weigh
 hard policy took.
 
 Choice where the specification is open: "valid steps" are steps 1..t_stop of each sample (the step at
-which it chose STOP counts; the forced steps after it do not). Summing to T_max instead would make a
-sample's surrogate depend on which other samples share its batch (the batched loop ends when all
-samples stopped), and would count steps the hard policy never took.
+which it chose STOP counts; the forced steps after it do not). Summing to T_max over the plain loop would
+make a sample's surrogate depend on which other samples share its batch (the batched loop ends when all
+samples stopped); the T_max sum is offered only over the pointer's continuation (a `horizon`), where every
+sample runs T_max steps of its own (`StepPruneSelector(horizon="t_max")`).
 """
 
 from __future__ import annotations
