@@ -106,6 +106,8 @@ class BaseRecipe:
     """Questions per stage-2 conversation: the record's own, then further ones about the same scene."""
     caption_prob: float = 0.3
     """Probability that a stage-2 conversation also asks for the caption (`Describe the image.`)."""
+    patch_weight: float = 1.0
+    """Weight of stage 2's per-patch auxiliary loss (`ProjectorLMModule`): 0 turns it off."""
     warmup_steps: int = 50
     eval_size: int = 500
     curve_every: int = 150
@@ -246,6 +248,7 @@ def build_base(
         model.config.vision_feature_layer,
         len(cfg.colors),
         len(cfg.shapes),
+        cfg.grid_size,
         recipe.stage1_lr,
         recipe.warmup_steps,
     )
@@ -276,8 +279,11 @@ def build_base(
     )
     curve_records = world_records("val", recipe.curve_size, cfg, recipe.seed) if recipe.curve_every else []
     curve = AccuracyCurve(model, processor, curve_records, recipe.curve_every)
-    stage2 = ProjectorLMModule(model, recipe.stage2_lr, recipe.warmup_steps)
+    stage2 = ProjectorLMModule(
+        model, recipe.stage2_lr, recipe.warmup_steps, stage1.head, stage1.sizes, recipe.patch_weight
+    )
     trainer(recipe.stage2_steps, out.parent, progress, [curve]).fit(stage2, loader)
+    stage2.remove_hook()
     timings["stage2_s"] = time.perf_counter() - t - curve.spent
     timings["curve_s"] = curve.spent
     model.eval().requires_grad_(True)

@@ -47,6 +47,7 @@ def test_patch_labels_mark_the_object_cells():
     assert bool((grid["shape"][inside] == cfg.shapes.index("circle") + 1).all())
     assert bool((grid["digit"][inside] == 7).all()) and bool((grid["digit"][~inside] == NO_DIGIT).all())
     assert grid["anchor"].sum() == 1 and grid["anchor"][2, 1] == 1
+    assert grid["row"][3, 0] == 3 and grid["col"][3, 0] == 0 and grid["col"][0, 2] == 2
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +239,41 @@ def test_make_train_end_to_end_on_the_micro_base(micro_base, tmp_path, monkeypat
     assert sum(v["n"] for v in adaptive["k_by_objects"].values()) == 4  # every test question, grouped by objects
     assert (tmp_path / "reports" / "train_comparison_k.png").stat().st_size > 1000
     assert "StepPrune adaptivity" in (tmp_path / "reports" / "train_comparison.md").read_text()
+
+
+def test_patch_loss_keeps_the_teachers_labels_readable_and_unhooks(micro_base):
+    """Stage 2's auxiliary loss: its gradient reaches the projector (not the LM, not the teacher), it falls
+    when trained, and once the hook is removed the model runs exactly as before."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from steprune.data.world import WorldConfig, generate_records
+    from steprune.data.world_datamodule import ChatPool, MultiTurnCollator
+    from steprune.training.base_recipe import ProjectorLMModule, VisionPretrainModule, cosine_adamw
+
+    out, _ = micro_base
+    processor = AutoProcessor.from_pretrained(out)
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    cfg = WorldConfig(**MICRO_WORLD)
+    teacher = VisionPretrainModule(model.model.vision_tower, -2, len(cfg.colors), len(cfg.shapes), cfg.grid_size)
+    chats = ChatPool(generate_records("train", 2, cfg, seed=0), cfg, turns=2)
+    batch = MultiTurnCollator(processor)([chats[0], chats[1]])
+    module = ProjectorLMModule(model, 1e-2, 1, teacher.head, teacher.sizes, patch_weight=1.0)
+    teacher_before = teacher.head.weight.clone()
+    module.training_step(batch, 0)
+    patch = module.patch_loss()
+    grads = torch.autograd.grad(patch, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    reached = {n for n, g in zip(names, grads, strict=True) if g is not None and g.abs().sum() > 0}
+    assert reached and all("multi_modal_projector" in n for n in reached)
+    optimizer = cosine_adamw(module, 1e-2, total_steps=20, warmup=1)["optimizer"]
+    losses = []
+    for _ in range(8):
+        optimizer.zero_grad()
+        module.training_step(batch, 0)
+        loss = module.patch_loss()
+        losses.append(loss.item())
+        loss.backward()
+        optimizer.step()
+    assert losses[-1] < losses[0] and torch.equal(teacher.head.weight, teacher_before)
+    module.remove_hook()
+    assert not model.model.multi_modal_projector._forward_hooks
