@@ -9,7 +9,8 @@ loss on the answer tokens, plus λ·E[K]/N with E[K] = Σ_t A_t. Validation runs
 as inference does (`steprune` pruner through `PrunedVLM.generate`) and reports accuracy, K and retention.
 
 Only selector parameters train; the frozen MLLM is never written to a checkpoint (it is re-loaded from
-`backbone`), so a checkpoint holds the selector, the k̄ running average and the optimiser state.
+`backbone`), so a checkpoint holds the selector, the k̄ running average, the optimiser state and the
+backbone's fingerprint: resuming on another backbone (a rebuilt base) raises `BackboneMismatchError`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.aggregation import CatMetric
 
 from steprune.backbones import adapter_for
+from steprune.backbones.fingerprint import backbone_fingerprint
 from steprune.pruned_vlm import PrunedVLM
 from steprune.pruners.stepprune import StepPrunePruner
 from steprune.selector.scores import Aggregation
@@ -37,6 +40,10 @@ def normalise_answer(text: str) -> str:
     text = text.strip().lower()
     text = re.sub(r"[.!?,;:]+$", "", text)
     return re.sub(r"^(a|an|the)\s+", "", text).strip()
+
+
+class BackboneMismatchError(ValueError):
+    """A checkpoint's selector was trained on another backbone than the one loaded now."""
 
 
 class StepPruneModule(L.LightningModule):
@@ -96,6 +103,8 @@ class StepPruneModule(L.LightningModule):
         self.register_buffer("k_bar", torch.tensor(-1.0))  # running mean of the hard K (-1: unset)
         self.register_buffer("unpruned_acc", torch.tensor(-1.0))  # cached: the frozen model never changes
         self.strict_loading = False  # checkpoints carry no backbone weights
+        revision = getattr(self.vlm.config, "_commit_hash", None)
+        self.backbone_fingerprint = backbone_fingerprint(backbone, revision)
         self.val_acc, self.val_k, self.val_full_acc = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_ks = CatMetric()
 
@@ -118,6 +127,20 @@ class StepPruneModule(L.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(BACKBONE_PREFIX)]:
             del state[key]
+        checkpoint["backbone_fingerprint"] = self.backbone_fingerprint
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume a selector trained on another backbone (e.g. after `make base ARGS=--force`)."""
+        saved = checkpoint.get("backbone_fingerprint")
+        if saved is None:
+            rank_zero_warn("this checkpoint predates backbone fingerprints: it is resumed without that check")
+        elif saved != self.backbone_fingerprint:
+            raise BackboneMismatchError(
+                f"this checkpoint was trained on a different backbone than {self.hparams.backbone!r} "
+                f"({saved[:19]} then, {self.backbone_fingerprint[:19]} now; e.g. the base was rebuilt). Nothing "
+                "was changed: start a new run by moving the checkpoint directory away (make train: checkpoints/) "
+                "or by leaving out --ckpt_path."
+            )
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         vision_inputs = {k: v for k, v in batch.items() if k in ("pixel_values", "image_grid_thw")}

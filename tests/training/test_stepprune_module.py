@@ -127,3 +127,26 @@ def test_length_penalty_warmup_and_k_bar_floor(backbone, tmp_path):
     assert module.lam_scale == pytest.approx(0.5)
     assert float(trainer.callback_metrics["train/lam_scale"]) == pytest.approx(0.25)
     assert LengthPenaltySchedule(0).value(0) == 1.0
+
+
+def test_resuming_on_a_rebuilt_backbone_is_refused(backbone, tmp_path):
+    """A checkpoint remembers its backbone's fingerprint: same base resumes (above), a rebuilt one is refused
+    with a message that says what to do, and the checkpoint is left as it was."""
+    from steprune.training.stepprune_module import BackboneMismatchError
+
+    train, val = loaders(backbone)
+    first = cpu_trainer(1, [], tmp_path)
+    first.fit(StepPruneModule(backbone, t_max=8), train, val)
+    first.save_checkpoint(tmp_path / "last.ckpt")
+    saved = (tmp_path / "last.ckpt").read_bytes()
+    model, processor = tiny_llava(text_layers=2)
+    with torch.no_grad():
+        model.lm_head.weight.add_(0.01)  # "rebuilt": same config, other weights
+    rebuilt = tmp_path / "rebuilt"
+    model.save_pretrained(rebuilt)
+    processor.save_pretrained(rebuilt)
+    with pytest.raises(BackboneMismatchError, match="different backbone.*moving the checkpoint directory away"):
+        cpu_trainer(2, [], tmp_path).fit(
+            StepPruneModule(str(rebuilt), t_max=8), train, val, ckpt_path=tmp_path / "last.ckpt"
+        )
+    assert (tmp_path / "last.ckpt").read_bytes() == saved
