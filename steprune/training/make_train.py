@@ -5,7 +5,8 @@
 
 1. the base model of the built-in world (`make base`; reused when present);
 2. StepPrune trained on it (`steprune train fit --config experiments/stepprune_world.yaml --ckpt_path last`:
-   MLflow in sqlite:///mlruns.db, checkpoints/, resumes where it stopped; selector exported to
+   MLflow in sqlite:///mlruns.db, checkpoints/base-<fingerprint>/ — one directory per base model, so a rebuilt
+   base starts a fresh run and the old checkpoints stay — resumes where it stopped; selector exported to
    artifacts/selector.safetensors);
 3. StepPrune against every fixed-budget method at StepPrune's own mean K on the test split: a rich table,
    saved as reports/train_comparison.{json,md}, with StepPrune's adaptivity (K range, max/min, Spearman rho
@@ -55,6 +56,19 @@ def adaptivity_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def checkpoint_dir(base: Path, root: Path = Path("checkpoints")) -> Path:
+    """Where `make train` keeps the checkpoints of the selector trained on `base`: one directory per base."""
+    from steprune.backbones.fingerprint import backbone_fingerprint
+
+    return root / f"base-{backbone_fingerprint(str(base)).removeprefix('sha256:')[:12]}"
+
+
+def checkpoint_callbacks(dirpath: Path) -> list[dict[str, Any]]:
+    """The CLI's default ModelCheckpoint, pointed at `dirpath`."""
+    init = {"dirpath": str(dirpath), "save_last": True, "every_n_train_steps": 50}
+    return [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": init}]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=EXPERIMENT)
@@ -75,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     weights = "artifacts/selector.safetensors"
+    checkpoints = checkpoint_dir(base)
+    print(f"checkpoints: {checkpoints} (resumed when present)")
     train_main(
         [
             "fit",
@@ -86,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             weights,
             "--ckpt_path",
             "last",
+            f"--trainer.callbacks={json.dumps(checkpoint_callbacks(checkpoints))}",
             *train_args,
         ]
     )

@@ -231,7 +231,10 @@ def test_make_train_end_to_end_on_the_micro_base(micro_base, tmp_path, monkeypat
     budget = max(1, round(report["stepprune_mean_k"]))
     assert all(r["budget"] == budget for r in report["rows"][2:])
     assert (tmp_path / "artifacts" / "selector.safetensors").exists()
-    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    from steprune.training.make_train import checkpoint_dir
+
+    assert (tmp_path / checkpoint_dir(tmp_path / "artifacts" / "base") / "last.ckpt").exists()
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 1  # one directory per base
     assert set(report["timings"]) == {"base_s", "train_s", "compare_s"}
     adaptive = report["adaptivity"]
     steprune = report["rows"][1]
