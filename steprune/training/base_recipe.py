@@ -169,7 +169,8 @@ class ProjectorLMModule(L.LightningModule):
         self._hook: Any = None
         self._projected: dict[str, Tensor] = {}
         if self.patch_weight > 0:
-            assert patch_sizes is not None, "a patch teacher needs the sizes of its outputs"
+            if patch_sizes is None:
+                raise ValueError("a patch teacher needs patch_sizes: the size of each of its outputs, in order")
             self.patch_teacher = patch_teacher.requires_grad_(False)
             self.patch_sizes = dict(patch_sizes)
             self.patch_head = nn.Linear(model.config.text_config.hidden_size, sum(self.patch_sizes.values()))
