@@ -51,7 +51,9 @@ def require_base(path: str | Path | None = None) -> Path:
     """The base directory, checked; a missing one says to run `make base`, a corrupt one says why."""
     path = Path(path) if path is not None else default_base_dir()
     if not path.exists():
-        raise FileNotFoundError(f"no base model at {path}: build it with `make base` (about 20 minutes on a CPU)")
+        raise FileNotFoundError(
+            f"no base model at {path}: build it with `make base` (18-26 minutes measured on a 2-core CPU)"
+        )
     check_base(path)
     return path
 
