@@ -22,7 +22,7 @@ from typing import Any
 
 import lightning as L
 
-from steprune.training.cli import LogConfigToMLflow, StepPruneCLI
+from steprune.training.cli import LogConfigToMLflow, StepPruneCLI, checkpoint_callbacks
 from steprune.training.stepprune_module import StepPruneModule
 
 
@@ -55,12 +55,7 @@ def cli_value(value: Any) -> str:
 
 def build_argv(request: TrainRequest) -> list[str]:
     workdir = Path(request.workdir)
-    checkpoints = [
-        {
-            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {"dirpath": str(workdir / "checkpoints"), "save_last": True, "every_n_train_steps": 50},
-        }
-    ]
+    checkpoints = checkpoint_callbacks(workdir / "checkpoints")
     argv = ["fit"]
     for config in request.configs:
         argv += ["--config", str(config)]

@@ -284,8 +284,7 @@ def build_base(
     stage2 = ProjectorLMModule(
         model, recipe.stage2_lr, recipe.warmup_steps, stage1.head, stage1.sizes, recipe.patch_weight
     )
-    trainer(recipe.stage2_steps, out.parent, progress, [curve]).fit(stage2, loader)
-    stage2.remove_hook()
+    trainer(recipe.stage2_steps, out.parent, progress, [curve]).fit(stage2, loader)  # on_fit_end unhooks
     timings["stage2_s"] = time.perf_counter() - t - curve.spent
     timings["curve_s"] = curve.spent
     model.eval().requires_grad_(True)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -25,6 +27,12 @@ from steprune.training.schedules import LengthPenaltySchedule, TemperatureSchedu
 from steprune.training.stepprune_module import StepPruneModule
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+
+
+def checkpoint_callbacks(dirpath: str | Path = "checkpoints") -> list[dict[str, Any]]:
+    """`trainer.callbacks` as the CLI reads it: one ModelCheckpoint in `dirpath` keeping `last.ckpt` (for resume)."""
+    init = {"dirpath": str(dirpath), "save_last": True, "every_n_train_steps": 50}
+    return [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": init}]
 
 
 class LogConfigToMLflow(SaveConfigCallback):
@@ -53,12 +61,7 @@ class StepPruneCLI(LightningCLI):
                         "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI),
                     },
                 },
-                "trainer.callbacks": [
-                    {
-                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                        "init_args": {"dirpath": "checkpoints", "save_last": True, "every_n_train_steps": 50},
-                    },
-                ],
+                "trainer.callbacks": checkpoint_callbacks(),
                 "trainer.accelerator": "auto",
                 "trainer.max_steps": 300,
                 "trainer.log_every_n_steps": 5,

@@ -63,12 +63,6 @@ def checkpoint_dir(base: Path, root: Path = Path("checkpoints")) -> Path:
     return root / f"base-{backbone_fingerprint(str(base)).removeprefix('sha256:')[:12]}"
 
 
-def checkpoint_callbacks(dirpath: Path) -> list[dict[str, Any]]:
-    """The CLI's default ModelCheckpoint, pointed at `dirpath`."""
-    init = {"dirpath": str(dirpath), "save_last": True, "every_n_train_steps": 50}
-    return [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": init}]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=EXPERIMENT)
@@ -79,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from steprune.eval.world_eval import evaluate_world, markdown, print_table
     from steprune.sweeps.figures import adaptivity
     from steprune.training.build_base import build_base, default_base_dir
-    from steprune.training.cli import train_main
+    from steprune.training.cli import checkpoint_callbacks, train_main
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
