@@ -22,6 +22,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 
+from steprune.training.budget import BudgetController
 from steprune.training.export import ExportSelector
 from steprune.training.schedules import LengthPenaltySchedule, TemperatureSchedule, TextGateSchedule
 from steprune.training.stepprune_module import StepPruneModule
@@ -50,6 +51,7 @@ class StepPruneCLI(LightningCLI):
         parser.add_lightning_class_args(TextGateSchedule, "text_gate")
         parser.add_lightning_class_args(TemperatureSchedule, "temperature")
         parser.add_lightning_class_args(LengthPenaltySchedule, "length_warmup")
+        parser.add_lightning_class_args(BudgetController, "budget")
         parser.add_lightning_class_args(ExportSelector, "export")
         parser.link_arguments("model.backbone", "data.init_args.backbone")
         parser.set_defaults(

@@ -100,6 +100,7 @@ class StepPruneModule(L.LightningModule):
         self.alpha = 0.0  # the text gate, annealed by TextGateSchedule
         self.tau = tau  # the pointer temperature, annealed by TemperatureSchedule
         self.lam_scale = 1.0  # λ's warm-up factor, set by LengthPenaltySchedule
+        self.lam_multiplier = 1.0  # λ's budget-control factor, set by BudgetController (1 = fixed λ)
         self.register_buffer("k_bar", torch.tensor(-1.0))  # running mean of the hard K (-1: unset)
         self.register_buffer("unpruned_acc", torch.tensor(-1.0))  # cached: the frozen model never changes
         self.strict_loading = False  # checkpoints carry no backbone weights
@@ -173,7 +174,8 @@ class StepPruneModule(L.LightningModule):
             use_cache=False,
         )
         n = vision.vision_features.shape[1]
-        len_penalty = self.lam_scale * self.hparams.lam * out["expected_length"].mean() / n
+        lam = self.lam_scale * self.lam_multiplier * self.hparams.lam
+        len_penalty = lam * out["expected_length"].mean() / n
         loss = lm.loss + len_penalty
         hard_k = out["k"].float().mean().detach()
         with torch.no_grad():
@@ -191,6 +193,7 @@ class StepPruneModule(L.LightningModule):
                 "train/alpha": float(self.alpha),
                 "train/tau": float(self.tau),
                 "train/lam_scale": float(self.lam_scale),
+                "train/lam": float(lam),
             },
             prog_bar=False,
             batch_size=size,

@@ -222,6 +222,7 @@ def test_make_train_end_to_end_on_the_micro_base(micro_base, tmp_path, monkeypat
         "--data.init_args.val_size=4",
         "--data.init_args.batch_size=2",
         "--model.t_max=8",
+        "--budget.target_k=4",
         "--trainer.enable_progress_bar=false",
     ]
     assert make_train(args) == 0
@@ -240,6 +241,9 @@ def test_make_train_end_to_end_on_the_micro_base(micro_base, tmp_path, monkeypat
     steprune = report["rows"][1]
     assert (adaptive["k_min"], adaptive["k_max"]) == (steprune["k_min"], steprune["k_max"])
     assert sum(v["n"] for v in adaptive["k_by_objects"].values()) == 4  # every test question, grouped by objects
+    means = [v["k_mean"] for v in adaptive["k_by_objects"].values()]
+    if min(means) > 0:
+        assert adaptive["k_by_objects_max_over_min"] == pytest.approx(max(means) / min(means))
     assert (tmp_path / "reports" / "train_comparison_k.png").stat().st_size > 1000
     assert "StepPrune adaptivity" in (tmp_path / "reports" / "train_comparison.md").read_text()
 
