@@ -64,6 +64,8 @@ class BudgetController(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._check_target(module)
+        # `>`, not the schedules' `!=`: a checkpoint written before this callback existed has no state for it
+        # (steps 0 at any trainer step) and must still resume, with λ as configured
         if self.steps > trainer.global_step:
             raise RuntimeError(
                 f"BudgetController has applied {self.steps} steps but the trainer is at step {trainer.global_step}: "

@@ -69,7 +69,7 @@ def test_fit_steers_lambda_towards_the_target_and_resume_keeps_it(backbone, tmp_
     trainer.fit(module, train, val)
     assert control.multiplier > 1.0 and module.lam_multiplier == control.multiplier
     logged = float(trainer.callback_metrics["train/lam"])
-    assert logged > 0.5  # the first step already used multiplier > 1 (k_bar was 8 before it)
+    assert logged > 0.5  # step 2 used the multiplier raised after step 1 (k_bar was 8, far above the target)
     trainer.save_checkpoint(tmp_path / "step2.ckpt")
     saved = torch.load(tmp_path / "step2.ckpt", weights_only=False)["callbacks"]
     assert any(state.get("multiplier") == control.multiplier for state in saved.values())
@@ -86,3 +86,19 @@ def test_a_target_above_t_max_is_refused_before_training(backbone, tmp_path):  #
     train, val = loaders(backbone)
     with pytest.raises(ValueError, match="t_max 8"):
         cpu_trainer(1, [BudgetController(target_k=12)], tmp_path).fit(StepPruneModule(backbone, t_max=8), train, val)
+
+
+def test_a_checkpoint_without_controller_state_resumes_with_the_configured_lambda(backbone, tmp_path):  # noqa: F811
+    """Checkpoints written before the controller existed (or without it) carry no state for it: they resume."""
+    train, val = loaders(backbone)
+    first = cpu_trainer(2, [], tmp_path)
+    first.fit(StepPruneModule(backbone, t_max=8), train, val)
+    first.save_checkpoint(tmp_path / "old.ckpt")
+    assert not any(
+        "BudgetController" in key for key in torch.load(tmp_path / "old.ckpt", weights_only=False)["callbacks"]
+    )
+    control = BudgetController()  # target_k None: λ stays fixed
+    module = StepPruneModule(backbone, t_max=8)
+    resumed = cpu_trainer(3, [control], tmp_path)
+    resumed.fit(module, train, val, ckpt_path=tmp_path / "old.ckpt")
+    assert resumed.global_step == 3 and control.steps == 3 and module.lam_multiplier == 1.0
