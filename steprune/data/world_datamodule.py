@@ -31,6 +31,7 @@ from steprune.data.collate import IGNORE_INDEX, InstructCollator, first_exchange
 from steprune.data.world import (
     CAPTION_KIND,
     GENERATORS,
+    LOCATE_KIND,
     QUESTION_KINDS,
     Scene,
     WorldConfig,
@@ -139,11 +140,19 @@ def _turn_rng(seed: int, record_id: str, view: int) -> np.random.Generator:
 
 
 def chat_turns(
-    record: dict[str, Any], cfg: WorldConfig, turns: int, caption_prob: float = 0.0, seed: int = 0, view: int = 0
+    record: dict[str, Any],
+    cfg: WorldConfig,
+    turns: int,
+    caption_prob: float = 0.0,
+    seed: int = 0,
+    view: int = 0,
+    locate_turns: int = 0,
 ) -> list[tuple[str, str]]:
-    """(question, answer) pairs about one record's scene: its own exchange first, then up to `turns - 1`
-    further distinct questions drawn with the world's generators (answers derived from the scene).
-    With probability `caption_prob` one of them is the `describe` caption."""
+    """(question, answer) pairs about one record's scene: its own exchange first, then further distinct
+    questions drawn with the world's generators (answers derived from the scene), `turns` in all. With
+    probability `caption_prob` one of them is the `describe` caption; the last `locate_turns` of the `turns`
+    are training-only "Where is the <object>?" questions (fewer when the scene has fewer unique objects)."""
+    assert 0 <= locate_turns < max(turns, 1), f"locate_turns {locate_turns} must leave the record's own turn"
     pairs = [first_exchange(record)]
     if turns <= 1:
         return pairs
@@ -153,15 +162,23 @@ def chat_turns(
     weights /= weights.sum()
     want_caption = record.get("kind") != CAPTION_KIND and rng.random() < caption_prob
     seen = {pairs[0][0]}
-    for _ in range(4 * turns):  # spare draws: not every kind fits every scene, repeats are skipped
-        if len(pairs) >= turns:
-            break
-        kind = CAPTION_KIND if want_caption else QUESTION_KINDS[int(rng.choice(len(QUESTION_KINDS), p=weights))]
-        want_caption = False
+
+    def draw(kind: str) -> None:
         qa = GENERATORS[kind](scene, rng, cfg)
         if qa is not None and qa.question not in seen:
             seen.add(qa.question)
             pairs.append((qa.question, qa.answer))
+
+    for _ in range(4 * turns):  # spare draws: not every kind fits every scene, repeats are skipped
+        if len(pairs) >= turns - locate_turns:
+            break
+        draw(CAPTION_KIND if want_caption else QUESTION_KINDS[int(rng.choice(len(QUESTION_KINDS), p=weights))])
+        want_caption = False
+    regular = len(pairs)
+    for _ in range(4 * locate_turns):
+        if len(pairs) >= regular + locate_turns:
+            break
+        draw(LOCATE_KIND)
     return pairs
 
 
@@ -212,7 +229,8 @@ class MultiTurnCollator:
 
 
 class ChatPool(Dataset):
-    """`views` passes over a fixed record pool; pass v asks `turns` different questions about each scene."""
+    """`views` passes over a fixed record pool; pass v asks `turns` different questions about each scene
+    (the last `locate_turns` of them "Where is ...?", see `chat_turns`)."""
 
     def __init__(
         self,
@@ -222,9 +240,10 @@ class ChatPool(Dataset):
         caption_prob: float = 0.0,
         views: int = 1,
         seed: int = 0,
+        locate_turns: int = 0,
     ) -> None:
         self.records, self.cfg, self.turns, self.caption_prob = records, cfg, turns, caption_prob
-        self.views, self.seed = views, seed
+        self.views, self.seed, self.locate_turns = views, seed, locate_turns
 
     def __len__(self) -> int:
         return len(self.records) * self.views
@@ -232,4 +251,5 @@ class ChatPool(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, list[tuple[str, str]]]:
         view, j = divmod(i, len(self.records))
         record = self.records[j]
-        return record["image"], chat_turns(record, self.cfg, self.turns, self.caption_prob, self.seed, view)
+        pairs = chat_turns(record, self.cfg, self.turns, self.caption_prob, self.seed, view, self.locate_turns)
+        return record["image"], pairs

@@ -101,23 +101,32 @@ class BaseRecipe:
     stage1_steps: int = 300
     stage1_batch: int = 64
     stage1_lr: float = 2e-3
-    stage2_steps: int = 850
+    stage2_steps: int = 500
     stage2_batch: int = 32
     stage2_lr: float = 2e-3
     turns: int = 6
     """Questions per stage-2 conversation: the record's own, then further ones about the same scene."""
+    locate_turns: int = 1
+    """How many of the `turns` are training-only "Where is the <object>?" questions (answer: its 3x3 position)."""
     caption_prob: float = 0.3
     """Probability that a stage-2 conversation also asks for the caption (`Describe the image.`)."""
     patch_weight: float = 1.0
     """Weight of stage 2's per-patch auxiliary loss (`ProjectorLMModule`): 0 turns it off."""
     warmup_steps: int = 50
     eval_size: int = 500
-    curve_every: int = 150
+    curve_every: int = 125
     """Every this many stage-2 steps, accuracy on `curve_size` val records goes into build_info (0: never)."""
     curve_size: int = 200
     tokenizer_records: int = 3000
     loader_workers: int = 0
     threads: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.locate_turns < max(self.turns, 1):
+            raise ValueError(
+                f"locate_turns={self.locate_turns} must be >= 0 and below turns={self.turns} (the record's own "
+                "question is always the first turn); e.g. --locate-turns 0 with --turns 1"
+            )
 
 
 def build_processor(cfg: WorldConfig, recipe: BaseRecipe) -> Any:
@@ -268,7 +277,12 @@ def build_base(
     t = time.perf_counter()
     trainable(model)
     chats = ChatPool(
-        pool, cfg, recipe.turns, recipe.caption_prob, views=1 + recipe.stage2_steps * recipe.stage2_batch // len(pool)
+        pool,
+        cfg,
+        recipe.turns,
+        recipe.caption_prob,
+        views=1 + recipe.stage2_steps * recipe.stage2_batch // len(pool),
+        locate_turns=recipe.locate_turns,
     )
     loader = DataLoader(
         chats,

@@ -15,6 +15,7 @@ import pytest
 
 from steprune.data.world import (
     CAPTION_KIND,
+    LOCATE_KIND,
     QUESTION_KINDS,
     SPLITS,
     Scene,
@@ -93,6 +94,11 @@ def _expected(question: str, objs: list[dict]) -> str:
         digit = _only(objs, m[1])["glyph"]
         assert digit is not None
         return str(digit)
+    if m := re.fullmatch(r"Where is the (.+?)\?", question):
+        obj = _only(objs, m[1])
+        row = min(2, int(3 * (obj["y"] + obj["size"] / 2) / CFG.image_size))
+        col = min(2, int(3 * (obj["x"] + obj["size"] / 2) / CFG.image_size))
+        return f"{('top', 'middle', 'bottom')[row]} {('left', 'center', 'right')[col]}"
     raise AssertionError(f"unparsed question {question!r}")
 
 
@@ -161,6 +167,28 @@ def test_negatives_are_adversarial_when_possible() -> None:
 def test_captions_only_in_train(records: dict[str, list[dict]]) -> None:
     assert any(r["kind"] == CAPTION_KIND for r in records["train"])
     assert not any(r["kind"] == CAPTION_KIND for r in records["val"] + records["test"])
+
+
+def test_locate_turns_are_training_only_and_answered_from_the_scene(records: dict[str, list[dict]]) -> None:
+    from steprune.data.world_datamodule import chat_turns
+
+    assert not any(r["kind"] == LOCATE_KIND for recs in records.values() for r in recs)
+    located = Counter()
+    for rec in records["train"][:80]:
+        objs = json.loads(rec["scene"])["objects"]
+        plain = chat_turns(rec, CFG, turns=5, seed=0, view=1)
+        assert not any(q.startswith("Where is") for q, _ in plain)
+        pairs = chat_turns(rec, CFG, turns=5, seed=0, view=1, locate_turns=2)
+        assert pairs[:3] == plain[:3], "the regular turns come first and do not change"
+        where = [i for i, (q, _) in enumerate(pairs) if q.startswith("Where is")]
+        assert where == list(range(len(pairs) - len(where), len(pairs))) and len(where) <= 2
+        located[len(where)] += 1
+        for question, answer in pairs:
+            if question != "Describe the image.":
+                assert answer == _expected(question, objs), (rec["id"], question)
+    assert located[2] > 40, located  # most scenes have two uniquely described objects
+    with pytest.raises(AssertionError, match="locate_turns"):
+        chat_turns(records["train"][0], CFG, turns=2, locate_turns=2)
 
 
 def test_glyph_changes_pixels_inside_object_only() -> None:

@@ -135,6 +135,12 @@ def test_second_build_reuses(micro_base, capsys):
     assert again["timings"] == info["timings"] and "reusing" in capsys.readouterr().out
 
 
+def test_recipe_rejects_locate_turns_that_leave_no_question():
+    with pytest.raises(ValueError, match="--locate-turns 0 with --turns 1"):
+        BaseRecipe(turns=1)
+    assert BaseRecipe(turns=1, locate_turns=0).locate_turns == 0
+
+
 def test_missing_base_says_make_base(tmp_path):
     with pytest.raises(FileNotFoundError, match="make base"):
         require_base(tmp_path / "absent")

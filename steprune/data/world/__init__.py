@@ -8,7 +8,7 @@ Deterministic given a seed, disjoint train/val/test splits, LLaVA instruction fo
     # or: python -m steprune.data.world.dataset --out data/world
 """
 
-from steprune.data.world.config import CAPTION_KIND, PALETTE, QUESTION_KINDS, SHAPES, WorldConfig
+from steprune.data.world.config import CAPTION_KIND, LOCATE_KIND, PALETTE, QUESTION_KINDS, SHAPES, WorldConfig
 from steprune.data.world.dataset import (
     FEATURES,
     IMAGE_TOKEN,
@@ -44,6 +44,7 @@ from steprune.data.world.scene import (
 
 __all__ = [
     "CAPTION_KIND",
+    "LOCATE_KIND",
     "FEATURES",
     "GENERATORS",
     "IMAGE_TOKEN",

@@ -32,6 +32,10 @@ QUESTION_KINDS: tuple[str, ...] = ("attribute", "existence", "counting", "spatia
 CAPTION_KIND = "describe"
 """The caption kind: training split only, never in val/test."""
 
+LOCATE_KIND = "locate"
+"""'Where is the <unique object>?' -> its coarse 3x3 position: a training-only turn (never a record's own
+question, never in val/test) that teaches the language model to find one object before comparing two."""
+
 
 def _default_kind_weights() -> dict[str, float]:
     return dict.fromkeys(QUESTION_KINDS, 1.0)

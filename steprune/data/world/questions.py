@@ -19,7 +19,7 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from steprune.data.world.config import CAPTION_KIND, PALETTE, SHAPES, WorldConfig
+from steprune.data.world.config import CAPTION_KIND, LOCATE_KIND, PALETTE, SHAPES, WorldConfig
 from steprune.data.world.scene import Scene, SceneObject
 
 PLURALS: dict[str, str] = {
@@ -118,6 +118,8 @@ def question_text(spec: QuestionSpec) -> str:
         return f"Is the {s} {relation} the {spec.other.phrase()}?"
     if spec.kind == "reading":
         return f"What digit is on the {s}?"
+    if spec.kind == LOCATE_KIND:
+        return f"Where is the {s}?"
     if spec.kind == CAPTION_KIND:
         return CAPTION_PROMPT
     raise ValueError(f"unknown question kind {spec.kind!r}")
@@ -143,6 +145,8 @@ def answer_from_scene(scene: Scene, spec: QuestionSpec) -> str:
         if glyph is None:
             raise ValueError(f"the {spec.subject.phrase()} carries no digit")
         return str(glyph)
+    if spec.kind == LOCATE_KIND:
+        return position_phrase(_the_one(scene, spec.subject), scene.image_size)
     if spec.kind == CAPTION_KIND:
         return caption(scene)
     raise ValueError(f"unknown question kind {spec.kind!r}")
@@ -230,6 +234,12 @@ def ask_reading(scene: Scene, rng: np.random.Generator, cfg: WorldConfig) -> QA 
     return finish(scene, QuestionSpec("reading", _pick(rng, options))) if options else None
 
 
+def ask_locate(scene: Scene, rng: np.random.Generator, cfg: WorldConfig) -> QA | None:
+    """'Where is the red square?' -> 'top left' (3x3 position of a uniquely described object; training only)."""
+    options = [r for o in scene.objects for r in unique_refs(scene, o)]
+    return finish(scene, QuestionSpec(LOCATE_KIND, _pick(rng, options))) if options else None
+
+
 def ask_describe(scene: Scene, rng: np.random.Generator, cfg: WorldConfig) -> QA | None:
     """'Describe the image.' -> caption listing every object (training split only)."""
     return finish(scene, QuestionSpec(CAPTION_KIND))
@@ -242,11 +252,12 @@ GENERATORS: dict[str, Callable[[Scene, np.random.Generator, WorldConfig], QA | N
     "spatial": ask_spatial,
     "reading": ask_reading,
     CAPTION_KIND: ask_describe,
+    LOCATE_KIND: ask_locate,
 }
 
 _TEMPLATE_TEXT = (
     "What colour is the ? What shape is the object ? Is there a an ? How many objects are there ? "
-    "Is the left or right of the above or below the ? What digit is on the ? yes no "
+    "Is the left or right of the above or below the ? What digit is on the ? Where is the ? yes no "
     f"{CAPTION_PROMPT} There is 1 object : There are objects : with the digit at , and . " + " ".join(ROWS + COLS)
 )
 
