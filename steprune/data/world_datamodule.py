@@ -244,6 +244,7 @@ class ChatPool(Dataset):
     ) -> None:
         self.records, self.cfg, self.turns, self.caption_prob = records, cfg, turns, caption_prob
         self.views, self.seed, self.locate_turns = views, seed, locate_turns
+        self._pairs: dict[int, list[tuple[str, str]]] = {}  # item -> its turns, drawn once (they are deterministic)
 
     def __len__(self) -> int:
         return len(self.records) * self.views
@@ -251,5 +252,12 @@ class ChatPool(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, list[tuple[str, str]]]:
         view, j = divmod(i, len(self.records))
         record = self.records[j]
-        pairs = chat_turns(record, self.cfg, self.turns, self.caption_prob, self.seed, view, self.locate_turns)
-        return record["image"], pairs
+        if i not in self._pairs:
+            self._pairs[i] = chat_turns(
+                record, self.cfg, self.turns, self.caption_prob, self.seed, view, self.locate_turns
+            )
+        return record["image"], self._pairs[i]
+
+    def text_lengths(self) -> list[int]:
+        """Characters of each item's questions and answers: a proxy for its token count (length grouping)."""
+        return [sum(len(q) + len(a) for q, a in self[i][1]) for i in range(len(self))]

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from steprune.backbones.tiny import LLAVA_CHAT_TEMPLATE, tiny_llava_config, train_tokenizer
+from steprune.data.length_grouped import LengthGroupedBatchSampler
 from steprune.data.world import WorldConfig, generate_records, world_vocabulary
 from steprune.data.world_datamodule import ChatPool, MultiTurnCollator, world_config, world_records
 from steprune.training.base_recipe import PatchPool, ProjectorLMModule, VisionPretrainModule
@@ -98,13 +99,15 @@ class BaseRecipe:
     pool_size: int = 6000
     """Train records generated once (in `pool_processes` processes); both stages make passes over them."""
     pool_processes: int = 2
-    stage1_steps: int = 300
+    stage1_steps: int = 200
     stage1_batch: int = 64
     stage1_lr: float = 2e-3
-    stage2_steps: int = 500
+    stage2_steps: int = 600
     stage2_batch: int = 32
     stage2_lr: float = 2e-3
-    turns: int = 6
+    group_by_length: bool = True
+    """Stage-2 batches of similar conversation length (`LengthGroupedBatchSampler`): fewer pad tokens."""
+    turns: int = 7
     """Questions per stage-2 conversation: the record's own, then further ones about the same scene."""
     locate_turns: int = 1
     """How many of the `turns` are training-only "Where is the <object>?" questions (answer: its 3x3 position)."""
@@ -114,7 +117,7 @@ class BaseRecipe:
     """Weight of stage 2's per-patch auxiliary loss (`ProjectorLMModule`): 0 turns it off."""
     warmup_steps: int = 50
     eval_size: int = 500
-    curve_every: int = 125
+    curve_every: int = 150
     """Every this many stage-2 steps, accuracy on `curve_size` val records goes into build_info (0: never)."""
     curve_size: int = 200
     tokenizer_records: int = 3000
@@ -284,14 +287,19 @@ def build_base(
         views=1 + recipe.stage2_steps * recipe.stage2_batch // len(pool),
         locate_turns=recipe.locate_turns,
     )
+    if recipe.group_by_length:
+        batches = LengthGroupedBatchSampler(
+            chats.text_lengths(), recipe.stage2_batch, drop_last=len(chats) >= recipe.stage2_batch, generator=generator
+        )
+        batching: dict[str, Any] = {"batch_sampler": batches}
+    else:
+        batching = {"batch_size": recipe.stage2_batch, "shuffle": True, "drop_last": len(chats) >= recipe.stage2_batch}
     loader = DataLoader(
         chats,
-        batch_size=recipe.stage2_batch,
-        shuffle=True,
-        drop_last=len(chats) >= recipe.stage2_batch,
         generator=generator,
         collate_fn=MultiTurnCollator(processor),
         num_workers=recipe.loader_workers,
+        **batching,
     )
     curve_records = world_records("val", recipe.curve_size, cfg, recipe.seed) if recipe.curve_every else []
     curve = AccuracyCurve(model, processor, curve_records, recipe.curve_every)
