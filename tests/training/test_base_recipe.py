@@ -137,8 +137,34 @@ def test_second_build_reuses(micro_base, capsys):
 
 def test_recipe_rejects_locate_turns_that_leave_no_question():
     with pytest.raises(ValueError, match="--locate-turns 0 with --turns 1"):
-        BaseRecipe(turns=1)
-    assert BaseRecipe(turns=1, locate_turns=0).locate_turns == 0
+        BaseRecipe(turns=1, locate_turns=1)
+    with pytest.raises(ValueError, match="locate_turns=-1"):
+        BaseRecipe(locate_turns=-1)
+    assert BaseRecipe(turns=2, locate_turns=1).locate_turns == 1
+
+
+def test_stage2_loader_batches_every_conversation_once_and_groups_by_length():
+    from dataclasses import replace
+
+    from steprune.data.world import WorldConfig, generate_records
+    from steprune.data.world_datamodule import ChatPool
+    from steprune.training.build_base import stage2_loader
+
+    cfg = WorldConfig(**MICRO_WORLD)
+    chats = ChatPool(generate_records("train", 32, cfg, seed=0), cfg, turns=3, caption_prob=0.5, views=2)
+    everything = sorted(str(chats[i][1]) for i in range(len(chats)))
+
+    def chars(pairs):
+        return sum(len(q) + len(a) for q, a in pairs)
+
+    spread = {}
+    for grouped in (False, True):
+        loader = stage2_loader(chats, replace(MICRO, group_by_length=grouped), list, torch.Generator().manual_seed(0))
+        batches = list(loader)
+        assert len(batches) == len(loader) == len(chats) // MICRO.stage2_batch
+        assert sorted(str(pairs) for batch in batches for _, pairs in batch) == everything
+        spread[grouped] = sum(max(map(chars, p)) - min(map(chars, p)) for p in ([x[1] for x in b] for b in batches))
+    assert spread[True] < 0.5 * spread[False], spread
 
 
 def test_missing_base_says_make_base(tmp_path):
