@@ -129,6 +129,26 @@ def test_stage2_trains_projector_and_lm_only(micro_base):
     assert any("multi_modal_projector" in k for k in changed) and any("language_model" in k for k in changed)
 
 
+def test_stage2_answer_loss_equals_the_models_own_loss(micro_base):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from steprune.data.world import WorldConfig, generate_records
+    from steprune.data.world_datamodule import ChatPool, MultiTurnCollator
+    from steprune.training.base_recipe import ProjectorLMModule
+
+    out, _ = micro_base
+    processor = AutoProcessor.from_pretrained(out)
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    cfg = WorldConfig(**MICRO_WORLD)
+    chats = ChatPool(generate_records("train", 3, cfg, seed=1), cfg, turns=3)
+    batch = MultiTurnCollator(processor)([chats[0], chats[1], chats[2]])
+    assert int((batch["attention_mask"] == 0).sum()) > 0  # padded rows are part of the check
+    module = ProjectorLMModule(model)
+    keys = ("input_ids", "attention_mask", "position_ids", "pixel_values", "labels")
+    expected = model(**{k: batch[k] for k in keys}, use_cache=False).loss
+    torch.testing.assert_close(module.answer_loss(batch), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_second_build_reuses(micro_base, capsys):
     out, info = micro_base
     again = build_base(out, world=MICRO_WORLD, recipe=MICRO, progress=False)
