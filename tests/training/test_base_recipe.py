@@ -106,19 +106,24 @@ def test_multi_turn_labels_cover_the_answers_only(micro_base):
     assert int(positions.min()) == 0
 
 
-def test_stage2_trains_projector_and_lm_only(micro_base):
+def _stage2_batch(out, records: int, seed: int, turns: int):
+    """The micro base reloaded, and a collated stage-2 batch of `records` conversations of `turns` turns."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from steprune.data.world import WorldConfig, generate_records
     from steprune.data.world_datamodule import ChatPool, MultiTurnCollator
-    from steprune.training.base_recipe import ProjectorLMModule, cosine_adamw
 
-    out, _ = micro_base
     processor = AutoProcessor.from_pretrained(out)
     model = AutoModelForImageTextToText.from_pretrained(out)
     cfg = WorldConfig(**MICRO_WORLD)
-    chats = ChatPool(generate_records("train", 2, cfg, seed=0), cfg, turns=2)
-    batch = MultiTurnCollator(processor)([chats[0], chats[1]])
+    chats = ChatPool(generate_records("train", records, cfg, seed=seed), cfg, turns=turns)
+    return model, MultiTurnCollator(processor)([chats[i] for i in range(records)])
+
+
+def test_stage2_trains_projector_and_lm_only(micro_base):
+    from steprune.training.base_recipe import ProjectorLMModule, cosine_adamw
+
+    model, batch = _stage2_batch(micro_base[0], records=2, seed=0, turns=2)
     module = ProjectorLMModule(model, lr=1e-2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = cosine_adamw(module, 1e-2, total_steps=2, warmup=1)["optimizer"]
@@ -130,18 +135,9 @@ def test_stage2_trains_projector_and_lm_only(micro_base):
 
 
 def test_stage2_answer_loss_equals_the_models_own_loss(micro_base):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from steprune.data.world import WorldConfig, generate_records
-    from steprune.data.world_datamodule import ChatPool, MultiTurnCollator
     from steprune.training.base_recipe import ProjectorLMModule
 
-    out, _ = micro_base
-    processor = AutoProcessor.from_pretrained(out)
-    model = AutoModelForImageTextToText.from_pretrained(out)
-    cfg = WorldConfig(**MICRO_WORLD)
-    chats = ChatPool(generate_records("train", 3, cfg, seed=1), cfg, turns=3)
-    batch = MultiTurnCollator(processor)([chats[0], chats[1], chats[2]])
+    model, batch = _stage2_batch(micro_base[0], records=3, seed=1, turns=3)
     assert int((batch["attention_mask"] == 0).sum()) > 0  # padded rows are part of the check
     module = ProjectorLMModule(model)
     keys = ("input_ids", "attention_mask", "position_ids", "pixel_values", "labels")
