@@ -11,10 +11,10 @@ SWEEP ?= sweeps/stepprune_lambda_gamma_tau.yaml
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format base train sweep ablate bench eval mlflow-ui clean
+.PHONY: help install test test-all lint format base train sweep ablate bench bench-selector eval mlflow-ui clean
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-11s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,7 @@ format: $(STAMP) ## ruff format + autofix
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
 # OpenMP's default wait policy is the fastest on cores of your own (session 8, 2 cores: a selector training step
-# 0.74-0.93 s against 1.45 s with OMP_WAIT_POLICY=PASSIVE, base stages 15 % faster; same results bit for bit).
+# 0.74-0.93 s against 1.45 s with OMP_WAIT_POLICY=PASSIVE, the base build 17:46 against 18:43; same weights bit for bit).
 # When other jobs share the cores, export OMP_WAIT_POLICY=PASSIVE: spinning threads then made training 3-4x slower.
 base: $(STAMP) ## build (or reuse) the tiny LLaVA of the built-in world in artifacts/base (ARGS=--force rebuilds)
 	$(PY) -m steprune.cli base $(ARGS)
@@ -55,6 +55,9 @@ ablate: $(STAMP) ## run the Table 4 ablation grid over seeds
 
 bench: $(STAMP) ## FLOPs + prefill latency of every method at 192/128/64 tokens (ARGS="--config llava-7b --flops-only" on a CPU)
 	$(PY) -m steprune.eval.bench $(ARGS)
+
+bench-selector: $(STAMP) ## StepPrune's selector FLOPs + time against the pruned prefill, LLaVA-1.5-7B widths
+	$(PY) -m steprune.eval.selector_cost $(ARGS)
 
 mlflow-ui: $(STAMP) ## open the MLflow UI on the project's tracking database
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000

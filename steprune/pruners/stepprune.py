@@ -35,7 +35,8 @@ HOW_TO_TRAIN = (
 )
 
 
-def _heads(width: int) -> int:
+def default_heads(width: int) -> int:
+    """The most attention heads (of 8, 4, 2, 1) that divide `width`: the untrained selector's head count."""
     return next(h for h in (8, 4, 2, 1) if width % h == 0)
 
 
@@ -87,7 +88,7 @@ class StepPrunePruner(PrePrunerBase):
         if self._selector is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                heads = _heads(d_vision)
+                heads = default_heads(d_vision)
                 self._selector = self._own = StepPruneSelector(
                     d_vision, d_text, encoder_heads=heads, decoder_heads=heads, denoiser_heads=heads
                 ).eval()
