@@ -141,16 +141,7 @@ def run_selector_cost(
     }
 
 
-COLUMNS = (
-    "K",
-    "pointer steps",
-    "selector GFLOPs",
-    "pruned prefill TFLOPs",
-    "FLOPs fraction",
-    "selector ms",
-    "pruned prefill ms",
-    "time fraction",
-)
+COLUMNS = ("K", "steps", "selector GFLOPs", "prefill TFLOPs", "FLOPs %", "selector ms", "prefill ms", "time %")
 
 
 def table_cells(report: dict) -> list[list[str]]:
@@ -160,10 +151,10 @@ def table_cells(report: dict) -> list[list[str]]:
             str(r["pointer_steps"]),
             f"{r['selector_gflops']:.1f}",
             f"{r['llm_tflops']:.3f}",
-            f"{100 * r['flops_fraction']:.2f} %",
+            f"{100 * r['flops_fraction']:.2f}",
             f"{r['selector_ms']:.1f}",
             f"{r['llm_ms']:.1f}",
-            f"{100 * r['time_fraction']:.2f} %",
+            f"{100 * r['time_fraction']:.2f}",
         ]
         for r in report["rows"]
     ]
@@ -178,7 +169,8 @@ def markdown(report: dict, command: str) -> str:
         f"interleaved rounds after {r['warmup']} warm-up. Random weights; {r['visual_tokens']} visual + "
         f"{r['text_tokens']} text tokens, batch 1; selector {r['selector_parameters'] / 1e6:.1f} M parameters. "
         f"The pruned prefill was timed on {r['llm_layers_timed']} of the LLM's {r['llm_layers']} decoder layers and "
-        "scaled to all of them.",
+        "scaled to all of them. *steps*: pointer steps (K choices and the STOP); *prefill*: the LLM prefill of the K "
+        "kept + text tokens; *%*: the selector's share of that prefill.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
