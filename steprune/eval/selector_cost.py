@@ -31,7 +31,7 @@ from transformers import LlamaModel
 
 from steprune.eval.bench import CONFIGS, PAPER_BUDGETS, bench_config, round_robin_latency_ms
 from steprune.eval.flops import llm_prefill_flops
-from steprune.pruners.stepprune import default_heads
+from steprune.pruners.stepprune import untrained_selector
 from steprune.selector.selector import StepPruneSelector, spatial_order
 
 
@@ -45,14 +45,6 @@ class CostRow:
     selector_ms: float
     llm_ms: float  # scaled to the config's depth when fewer layers were timed
     time_fraction: float  # selector / pruned prefill
-
-
-def random_selector(d_vision: int, d_text: int, device: str, dtype: torch.dtype) -> StepPruneSelector:
-    """An untrained selector of the default size for these widths (as `PRUNERS.create("steprune")` builds it)."""
-    torch.manual_seed(0)
-    heads = default_heads(d_vision)
-    selector = StepPruneSelector(d_vision, d_text, encoder_heads=heads, decoder_heads=heads, denoiser_heads=heads)
-    return selector.to(device=device, dtype=dtype).eval()
 
 
 def selector_call(selector: StepPruneSelector, vision: torch.Tensor, text: torch.Tensor, steps: int) -> Callable:
@@ -102,11 +94,11 @@ def run_selector_cost(
     if not 1 <= layers <= depth:
         raise ValueError(f"--layers must be in 1..{depth} (the LLM's depth), got {layers}")
     d_vision, d_text = config.vision_config.hidden_size, text_config.hidden_size
-    selector = random_selector(d_vision, d_text, device, dtype)
+    selector = untrained_selector(d_vision, d_text).to(device=device, dtype=dtype)
     timed = text_config.__class__(**{**text_config.to_dict(), "num_hidden_layers": layers})
     timed._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    with torch.device(device):
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(0)
         llm = LlamaModel(timed).to(dtype).eval()
     generator = torch.Generator().manual_seed(0)
     vision = torch.randn(1, n, d_vision, generator=generator).to(device, dtype)

@@ -35,9 +35,15 @@ HOW_TO_TRAIN = (
 )
 
 
-def default_heads(width: int) -> int:
-    """The most attention heads (of 8, 4, 2, 1) that divide `width`: the untrained selector's head count."""
-    return next(h for h in (8, 4, 2, 1) if width % h == 0)
+def untrained_selector(d_vision: int, d_text: int, seed: int = 0) -> StepPruneSelector:
+    """A randomly initialised selector of the default size for these widths (d_model = D_v; the most heads of
+    8, 4, 2, 1 that divide D_v), seeded by `seed` without touching the global RNG; in eval mode."""
+    heads = next(h for h in (8, 4, 2, 1) if d_vision % h == 0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return StepPruneSelector(
+            d_vision, d_text, encoder_heads=heads, decoder_heads=heads, denoiser_heads=heads
+        ).eval()
 
 
 @PRUNERS.register("steprune")
@@ -86,12 +92,7 @@ class StepPrunePruner(PrePrunerBase):
         """The selector, checked against the context's widths; one this pruner owns moves to ctx's device."""
         d_vision, d_text = ctx.vision_features.shape[-1], ctx.text_embeds.shape[-1]
         if self._selector is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                heads = default_heads(d_vision)
-                self._selector = self._own = StepPruneSelector(
-                    d_vision, d_text, encoder_heads=heads, decoder_heads=heads, denoiser_heads=heads
-                ).eval()
+            self._selector = self._own = untrained_selector(d_vision, d_text, self.seed)
         config = self._selector.config
         if (config["d_vision"], config["d_text"]) != (d_vision, d_text):
             source = self.weights or "the random selector"

@@ -9,13 +9,14 @@ import torch
 
 from steprune.eval.bench import bench_config
 from steprune.eval.flops import llm_prefill_flops
-from steprune.eval.selector_cost import main, random_selector, run_selector_cost, selector_call
+from steprune.eval.selector_cost import main, run_selector_cost, selector_call
+from steprune.pruners.stepprune import untrained_selector
 
 
 def test_rows_hold_the_analytic_flops_and_consistent_fractions() -> None:
     report = run_selector_cost("micro", budgets=[8, 3], layers=1, warmup=0, repeats=1)
     config = bench_config("micro")
-    selector = random_selector(config.vision_config.hidden_size, config.text_config.hidden_size, "cpu", torch.float32)
+    selector = untrained_selector(config.vision_config.hidden_size, config.text_config.hidden_size)
     assert report["visual_tokens"] == 16 and report["llm_layers_timed"] == 1
     assert [r["budget"] for r in report["rows"]] == [8, 3]
     for row in report["rows"]:
@@ -31,7 +32,7 @@ def test_rows_hold_the_analytic_flops_and_consistent_fractions() -> None:
 
 
 def test_the_timed_selection_runs_exactly_the_steps_asked_for() -> None:
-    selector = random_selector(32, 32, "cpu", torch.float32)
+    selector = untrained_selector(32, 32)
     # a STOP that wins at every step: without the continuation the loop would end after one step
     with torch.no_grad():
         decoder = selector.decoder
