@@ -7,22 +7,48 @@ PY := $(VENV)/bin/python
 # to the build they want (or installs torch into the venv before the first `make`).
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+LATEST_VENV ?= .venv-latest
 SWEEP ?= sweeps/stepprune_lambda_gamma_tau.yaml
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format base train sweep ablate bench bench-selector eval mlflow-ui clean
+.PHONY: help install lock test-latest test test-all lint format base train sweep ablate bench bench-selector eval mlflow-ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# The lock pins every dependency but torch (pip constraints): a fresh machine gets the tested set, not
+# whatever was released this morning. pyproject.toml keeps the compatible ranges for other environments.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c $(LOCK) -e ".[dev]"
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install steprune with its dev tools (torch CPU build unless one is present)
+install: $(STAMP) ## create .venv and install steprune with its dev tools at the locked versions (torch CPU build unless one is present)
+
+# Dependency names from pyproject.toml without their version ranges (test-latest ignores the upper bounds).
+DEP_NAMES = $(PYTHON) -c "import re, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+	deps = p['dependencies'] + p['optional-dependencies']['dev']; \
+	print(' '.join(re.split(r'[<>=!~;, ]', d)[0] for d in deps if not d.startswith('torch>')))"
+
+lock: ## re-resolve the newest versions pyproject.toml allows in a scratch venv and write requirements.lock (then run make test)
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q "$(TORCH_SPEC)"
+	.venv-lock/bin/python -m pip install -q -e ".[dev]"
+	{ sed -n '/^#/p' $(LOCK); .venv-lock/bin/python -m pip freeze --exclude-editable | grep -viE '^(torch|nvidia-|triton)=='; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK) && rm -rf .venv-lock && rm -f $(STAMP)
+	@echo "requirements.lock rewritten; run make test (it reinstalls .venv from the new lock)"
+
+test-latest: ## the fast suite in a separate venv with the newest release of every dependency (no lock, no upper bounds; torch stays TORCH_SPEC)
+	rm -rf $(LATEST_VENV) && $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade $$($(DEP_NAMES))
+	$(LATEST_VENV)/bin/python -m pip install -q --no-deps -e .
+	@echo "== newest releases under test ==" && $(LATEST_VENV)/bin/python -m pip list --format=freeze 2>/dev/null \
+		| grep -iE '^(torch|transformers|lightning|torchmetrics|jsonargparse|optuna|mlflow|datasets|tokenizers|safetensors|pillow|numpy|rich|pyyaml|huggingface.hub|pytest)=='
+	$(LATEST_VENV)/bin/python -m pytest -q $(ARGS); rc=$$?; echo "== test-latest exit code $$rc =="; exit $$rc
 
 test: $(STAMP) ## run the fast test suite (what CI runs)
 	$(PY) -m pytest -q $(ARGS)

@@ -107,6 +107,19 @@ class LayerView:
         return k.repeat_interleave(heads // k.shape[1], dim=1)
 
 
+# The keyword under which a decoder layer receives the KV cache: transformers >= 5.24 passes `cache`
+# (`past_key_values` is deprecated there); 5.0-5.23 pass `past_key_values`; older code `past_key_value`.
+CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
+
+
+def layer_cache(kwargs: dict) -> Any:
+    """The KV cache a decoder layer was handed, under whichever keyword this transformers release uses."""
+    for name in CACHE_KWARGS:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return None
+
+
 def _gather_seq(x: Tensor, cols: Tensor, dim: int) -> Tensor:
     """Gather positions `cols` (B, S') along `dim` of x whose dim 0 is the batch."""
     shape = [1] * x.dim()
@@ -163,7 +176,7 @@ class InLLMPruning:
     # ------------------------------------------------------------------------------------------------
     def _step_start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
-        cache = kwargs.get("past_key_values")
+        cache = layer_cache(kwargs)
         is_prefill = self.full_len is None or cache is None or cache.get_seq_length() == 0
         if is_prefill:
             self._reset()

@@ -32,6 +32,7 @@ from steprune.data.length_grouped import LengthGroupedBatchSampler
 from steprune.data.world import WorldConfig, generate_records, world_vocabulary
 from steprune.data.world_datamodule import ChatPool, MultiTurnCollator, world_config, world_records
 from steprune.training.base_recipe import PatchPool, ProjectorLMModule, VisionPretrainModule
+from steprune.training.provenance import provenance
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 
@@ -208,6 +209,9 @@ class AccuracyCurve(L.Callback):
         self.started = time.perf_counter()
         self.spent = 0.0  # seconds spent evaluating, not training
 
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.started = time.perf_counter()  # the clock covers training steps, not the Trainer's set-up
+
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
         if not self.every or (step % self.every and step != trainer.max_steps):
@@ -221,7 +225,9 @@ class AccuracyCurve(L.Callback):
         trainable(self.model)
         module.train()
         self.spent += time.perf_counter() - t
-        seconds = round(time.perf_counter() - self.started - self.spent, 1)  # training time so far
+        # Training time so far, to the millisecond: a micro build's two steps take ~50 ms, which a 0.1 s
+        # rounding turned into 0.0 on a fast day (the flaky `train_seconds > 0` of the fresh-install issue).
+        seconds = round(time.perf_counter() - self.started - self.spent, 3)
         row = {"step": step, "train_seconds": seconds, "overall": scores["overall"]}
         self.rows.append({**row, "per_kind": scores["per_kind"]})
         print(f"stage 2 step {step}: val accuracy {scores['overall']:.3f} {scores['per_kind']}", flush=True)
@@ -259,6 +265,7 @@ def build_base(
         check_base(out)
         print(f"reusing the base model at {out} (make base ARGS=--force rebuilds it)")
         return json.loads((out / "build_info.json").read_text())
+    build_provenance = provenance()  # taken at the start: the commit whose recipe runs
     torch.set_num_threads(recipe.threads)
     L.seed_everything(recipe.seed, verbose=False)
     cfg = world_config(world)
@@ -318,7 +325,14 @@ def build_base(
     scores = evaluate_base(model, processor, cfg, recipe)
     timings["eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
-    info = {"recipe": asdict(recipe), "world": dict(world or {}), "timings": timings, **scores, "curve": curve.rows}
+    info = {
+        "recipe": asdict(recipe),
+        "world": dict(world or {}),
+        "provenance": build_provenance,
+        "timings": timings,
+        **scores,
+        "curve": curve.rows,
+    }
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)

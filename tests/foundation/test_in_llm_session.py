@@ -87,3 +87,34 @@ def test_drop_layer_out_of_range(deep):
     model, processor = deep
     with pytest.raises(ValueError, match="outside 1..3"):
         PrunedVLM(model, processor, method=KeepEveryOther((4,), stride=2))(**make_inputs(processor))
+
+
+@pytest.mark.parametrize("keyword", ["cache", "past_key_values"])
+def test_a_decode_step_is_recognised_under_either_cache_keyword(deep, keyword):
+    """transformers >= 5.24 hands decoder layers the KV cache as `cache`, 5.0-5.23 as `past_key_values`.
+
+    The session must see a filled cache under either name, whatever release is installed: a decode step read
+    as a prefill resets the kept columns and indexes the 1-token step with prefill positions (the 5.24 crash
+    'index 16 is out of bounds for dimension 1 with size 1'). The first layer's pre-hook is driven directly
+    with each keyword, so this fails without the fix on any installed release.
+    """
+    from transformers import DynamicCache
+
+    from steprune.backbones.in_llm import InLLMPruning
+
+    model, processor = deep
+    decoder = PrunedVLM(model, processor).adapter.decoder
+    inputs = make_inputs(processor)
+    slots = inputs["input_ids"] == PrunedVLM(model, processor).adapter.image_token_id
+    drops = KeepEveryOther((1,), stride=2).layer_drops(None, len(decoder.layers))
+    first = decoder.layers[0]
+    with InLLMPruning(decoder, drops, slots, inputs["attention_mask"]) as session:
+        hidden = torch.zeros(slots.shape[0], slots.shape[1], 8)
+        session._step_start(first, (hidden,), {keyword: DynamicCache()})  # empty cache: the prefill
+        assert session._prefill and session.full_len == slots.shape[1]
+        cache = DynamicCache()
+        kv = torch.zeros(slots.shape[0], 1, slots.shape[1], 4)  # (B, KV heads, S, dh): a prefill's keys
+        cache.update(kv, kv, 0)
+        session._step_start(first, (hidden[:, :1],), {keyword: cache})  # a filled cache: one decode step
+        assert not session._prefill, f"a decode step handed the cache as `{keyword}` was taken for a prefill"
+        assert session.full_len == slots.shape[1]
