@@ -6,6 +6,8 @@
 
 `blank=True` replaces every image by a uniform grey one: the blind baseline (the same model, no image).
 For in-LLM methods K is the count alive after the last drop and `stages` the (layer, tokens alive) plan.
+`correct` keeps every question's 0/1 exact match in record order (the bootstrap intervals resample it) and
+`selection_flops` is the selection's own cost per question (mean over the records).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def world_accuracy(
     overall, ks = MeanMetric(), CatMetric()
     complexity: list[tuple[int, int]] = []
     stages: list[tuple[int, int]] = []
+    correct_all: list[int] = []  # (N,) one 0/1 per record, in record order
+    selection_flops = 0.0  # summed over batches (each batch reports its whole-batch cost)
     for start in range(0, len(records), batch_size):
         chunk = list(records[start : start + batch_size])
         if blank:
@@ -43,6 +47,7 @@ def world_accuracy(
         batch = collate(chunk)
         inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
         out = vlm(**inputs)
+        selection_flops += float(out.selection_flops)
         stages = [(int(layer), int(k)) for layer, k in out.visual_tokens_per_stage]  # one schedule per batch
         if len(out.visual_tokens_per_stage) > 1:  # in-LLM: tokens alive after the last drop
             prepared_k = torch.full((len(chunk),), out.visual_tokens_per_stage[-1][1])
@@ -54,6 +59,7 @@ def world_accuracy(
             correct = float(normalise_answer(text) == normalise_answer(record["answer"]))
             per_kind[record["kind"]].update(correct)
             overall.update(correct)
+            correct_all.append(int(correct))
             complexity.append((int(record.get("num_objects", 0)), int(k)))
         ks.update(prepared_k.float())
         progress(len(chunk))
@@ -67,4 +73,6 @@ def world_accuracy(
         "k_max": int(k_all.max()),
         "objects_and_k": complexity,
         "stages": stages,
+        "correct": correct_all,
+        "selection_flops": selection_flops / max(len(records), 1),
     }

@@ -62,6 +62,35 @@ def adaptivity_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def selector_summary(weights: str) -> dict[str, Any]:
+    """Which StepPrune was compared: surrogate, floor, STOP offset and its calibration (from the exported file)."""
+    from steprune.selector.selector import StepPruneSelector
+
+    selector = StepPruneSelector.load(weights)
+    config = selector.config
+    return {
+        "surrogate": config.get("surrogate", "paper"),
+        "min_k": config.get("min_k"),
+        "t_max": config.get("t_max"),
+        "stop_offset": config.get("stop_offset", 0.0),
+        "calibration": selector.calibration,
+    }
+
+
+def selector_markdown(summary: dict[str, Any]) -> str:
+    calibration = summary["calibration"]
+    target = (
+        f"target mean K {calibration['target_k']:g}, calibrated to {calibration['mean_k']:.2f} on "
+        f"{calibration['samples']} {calibration['split']} questions (STOP offset {calibration['stop_offset']:+.3f})"
+        if calibration
+        else "no target (fixed λ, uncalibrated)"
+    )
+    return (
+        f"StepPrune: surrogate `{summary['surrogate']}`, {target}, floor min_k {summary['min_k']}, "
+        f"T_max {summary['t_max']}.\n\n"
+    )
+
+
 def checkpoint_dir(base: Path, root: Path = Path("checkpoints")) -> Path:
     """Where `make train` keeps the checkpoints of the selector trained on `base`: one directory per base."""
     from steprune.backbones.fingerprint import backbone_fingerprint
@@ -78,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="reports/train_comparison")
     args, train_args = parser.parse_known_args(argv)  # the rest goes to `steprune train fit`
 
+    from steprune.eval.world_compare import add_intervals
     from steprune.eval.world_eval import evaluate_world, markdown, print_table
     from steprune.sweeps.figures import adaptivity
     from steprune.training.build_base import build_base, default_base_dir
@@ -123,9 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit=args.limit,
         include_vanilla=False,
         vanilla_accuracy=learned["rows"][0]["overall"],
+        vanilla_correct=learned["rows"][0]["correct"],
     )
     report = {**learned, "rows": [*learned["rows"], *baselines["rows"]]}
+    add_intervals(report)  # 95 % intervals per row, StepPrune's paired difference to the best baseline at its K
     report["stepprune_mean_k"] = k_mean
+    report["stepprune"] = selector_summary(weights)
     report["adaptivity"] = adaptivity_summary(learned["rows"][1])
     timings["compare_s"] = time.perf_counter() - start
     report["timings"] = timings
@@ -133,10 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    out.with_suffix(".md").write_text(markdown(report) + adaptivity_markdown(report["adaptivity"]))
+    out.with_suffix(".md").write_text(
+        selector_markdown(report["stepprune"]) + markdown(report) + adaptivity_markdown(report["adaptivity"])
+    )
     figure = out.with_name(out.name + "_k.png")
     row = learned["rows"][1]
     adaptivity(row["k_histogram"], row["k_by_objects"], "StepPrune on the built-in world (test split)").savefig(figure)
+    print(selector_markdown(report["stepprune"]).strip())
     print(f"StepPrune mean K = {k_mean:.1f}; fixed-budget methods ran at K = {budget}")
     print(adaptivity_markdown(report["adaptivity"]).strip())
     print(f"figure: {figure}")

@@ -63,7 +63,12 @@ def test_micro_build_saves_a_loadable_base(micro_base):
     assert [row["step"] for row in info["curve"]] == [2]  # the accuracy curve always ends at the last step
     assert 0.0 <= info["curve"][0]["overall"] <= 1.0 and info["curve"][0]["train_seconds"] > 0
     assert set(info["test_accuracy"]["per_kind"]) <= {"attribute", "existence", "counting", "spatial", "reading"}
-    assert json.loads((out / "build_info.json").read_text())["recipe"]["stage2_steps"] == 2
+    saved = json.loads((out / "build_info.json").read_text())
+    assert saved["recipe"]["stage2_steps"] == 2
+    import transformers
+
+    assert saved["provenance"]["packages"]["transformers"] == transformers.__version__
+    assert saved["provenance"]["cpu"]["threads"] == MICRO.threads and saved["provenance"]["cpu"]["capability"]
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(out)
@@ -293,6 +298,11 @@ def test_make_train_end_to_end_on_the_micro_base(micro_base, tmp_path, monkeypat
     spread = max(means) / min(means) if min(means) > 0 else float("inf")  # a bucket that keeps 0 tokens: inf
     assert adaptive["k_by_objects_max_over_min"] == pytest.approx(spread)
     assert (tmp_path / "reports" / "train_comparison_k.png").stat().st_size > 1000
+    said = report["stepprune"]  # the table says which StepPrune it compared: surrogate, target, calibration
+    assert said["surrogate"] == "paper" and said["calibration"]["target_k"] == 4.0
+    assert abs(said["calibration"]["mean_k"] - 4.0) <= 0.5 or not said["calibration"]["reachable"]
+    assert "surrogate `paper`, target mean K 4" in (tmp_path / "reports" / "train_comparison.md").read_text()
+    assert steprune["acc_ci"] is not None and "diff_retention_ci" in steprune
     assert "StepPrune adaptivity" in (tmp_path / "reports" / "train_comparison.md").read_text()
 
 
