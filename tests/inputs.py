@@ -56,3 +56,13 @@ def write_instruct_fixture(root, count: int, seed: int = 0) -> list[dict]:
         turns = [{"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "red"}]
         records.append({"id": str(i), "image": f"{i}.png", "conversations": turns})
     return records
+
+
+def write_micro_base(path):
+    """Save a tiny random LLaVA (2 text layers) + processor at `path`, the way a real checkpoint is saved."""
+    from steprune.backbones.tiny import tiny_llava
+
+    model, processor = tiny_llava(text_layers=2)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -10,6 +10,9 @@ with fixed-budget methods at the same *mean* K.
 
 Choices where the specification is open:
 * The text gate alpha is 1 at inference (the end of its annealing).
+* `min_k` (default: the selector's own, 1 unless it was trained otherwise) is a floor on K: STOP is masked
+  until that many tokens are chosen, so no image question is answered from no image. The selector's
+  calibrated STOP offset (`steprune.training.calibration`, saved in its file) is applied.
 * `ctx.text_free` passes an empty prompt (L = 0), so the encoder sees the image alone.
 * `selection_flops` is analytic and per sample: each sample's real prompt length and its own number of
   pointer steps (K + 1 with the STOP step, or T_max), summed over the batch; the batched loop's
@@ -60,6 +63,7 @@ class StepPrunePruner(PrePrunerBase):
         t_max: int | None = None,
         allow_random: bool = False,
         seed: int = 0,
+        min_k: int | None = None,
     ) -> None:
         if weights is None and not allow_random:
             raise ValueError(
@@ -68,6 +72,9 @@ class StepPrunePruner(PrePrunerBase):
             )
         if t_max is not None and (isinstance(t_max, bool) or not isinstance(t_max, int) or t_max < 1):
             raise ValueError(f"t_max must be a positive int or None (the selector's own), got {t_max!r}")
+        if min_k is not None and (isinstance(min_k, bool) or not isinstance(min_k, int) or min_k < 0):
+            raise ValueError(f"min_k must be an int >= 0 or None (the selector's own), got {min_k!r}")
+        self.min_k = min_k
         self.weights = weights
         self.tau = tau
         self.t_max = t_max
@@ -82,9 +89,11 @@ class StepPrunePruner(PrePrunerBase):
                 raise FileNotFoundError(f"{error}: {HOW_TO_TRAIN}") from error
 
     @classmethod
-    def from_selector(cls, selector: StepPruneSelector, tau: float = 1.0, t_max: int | None = None) -> StepPrunePruner:
+    def from_selector(
+        cls, selector: StepPruneSelector, tau: float = 1.0, t_max: int | None = None, min_k: int | None = None
+    ) -> StepPrunePruner:
         """Wrap a live selector (e.g. the one being trained) without going through a file."""
-        pruner = cls(tau=tau, t_max=t_max, allow_random=True)
+        pruner = cls(tau=tau, t_max=t_max, allow_random=True, min_k=min_k)
         pruner._selector = selector
         return pruner
 
@@ -116,7 +125,7 @@ class StepPrunePruner(PrePrunerBase):
         param = next(selector.parameters())  # the selector keeps its own dtype; inputs follow it
         vision = ctx.vision_features.to(param.device, param.dtype)
         text, text_mask = text.to(param.device, param.dtype), text_mask.to(param.device)
-        selection = selector.select(vision, text, text_mask, tau=self.tau, t_max=t_max)
+        selection = selector.select(vision, text, text_mask, tau=self.tau, t_max=t_max, min_k=self.min_k)
         counts = torch.zeros(b, n, dtype=torch.long, device=param.device)
         chosen = counts.scatter_add_(1, selection.keep, selection.keep_mask.long()) > 0  # (B, N)
         lengths = selection.lengths.tolist()

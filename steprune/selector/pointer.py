@@ -22,7 +22,11 @@ Choices where the specification is open:
 * The pointer projection W_p is single-head and bias-free: `u_t = (W_q LN(h_t)) . (W_k M)^T / sqrt(D)`,
   with h_t the last layer's output for the current query after a final LayerNorm.
 * Cross-attention attends to all of M (chosen tokens included); the log-space mask acts on the pointer
-  logits only. STOP is never masked.
+  logits only. STOP is masked only while a sample has chosen fewer than `min_k` tokens (the floor on K:
+  an image question is never answered from no image); `min_k=0` leaves the loop exactly as specified.
+* `stop_offset` (delta) is added to the STOP logit at every step: the calibration knob that sets the mean K
+  at inference (a larger delta stops earlier; mean K is monotone in it). 0 in training.
+* `explore=True` (training, removal surrogate) samples each action from pi_t instead of taking the argmax.
 * No step (position) embedding in the decoder: conditioning comes from the causal attention over the
   chosen embeddings themselves.
 * q_0 and s are initialised with unit-variance entries, the scale of the LayerNormed memory H.
@@ -121,12 +125,24 @@ class PointerDecoder(nn.Module):
         """M = [H ; s]: (B, N+1, D)."""
         return torch.cat([h, self.stop.to(h.dtype).expand(h.shape[0], 1, -1)], dim=1)
 
-    def forward(self, h: Tensor, t_max: int, tau: float = 1.0, continue_after_stop: bool = False) -> PointerOutput:
+    def forward(
+        self,
+        h: Tensor,
+        t_max: int,
+        tau: float = 1.0,
+        continue_after_stop: bool = False,
+        min_k: int = 0,
+        stop_offset: float = 0.0,
+        explore: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> PointerOutput:
         b, n, d = h.shape  # (B, N, D)
         if isinstance(t_max, bool) or not isinstance(t_max, int) or not 1 <= t_max <= n:
             raise ValueError(f"t_max must be an int in 1..N={n} (a token is never chosen twice), got {t_max!r}")
         if not tau > 0:
             raise ValueError(f"the pointer temperature tau must be > 0, got {tau}")
+        if isinstance(min_k, bool) or not isinstance(min_k, int) or not 0 <= min_k <= t_max:
+            raise ValueError(f"min_k must be an int in 0..t_max={t_max}, got {min_k!r}")
         memory = self.memory(h)  # (B, N+1, D)
         memory_kv = [layer.memory_kv(memory) for layer in self.layers]
         pointer_keys = self.pointer_k(memory)  # (B, N+1, D)
@@ -135,15 +151,22 @@ class PointerDecoder(nn.Module):
         caches: list[tuple[Tensor, Tensor] | None] = [None] * len(self.layers)
         done = torch.zeros(b, dtype=torch.bool, device=h.device)
         actions, pis, valids = [], [], []
-        for _ in range(t_max):
+        for step in range(t_max):
             x = e
             for i, layer in enumerate(self.layers):
                 x, caches[i] = layer.step(x, caches[i], memory_kv[i])
             query = self.pointer_q(self.norm(x))  # (B, D)
             u = torch.einsum("bd,bmd->bm", query, pointer_keys) / math.sqrt(d)  # (B, N+1)
             logits = u + log_mask  # (B, N+1)
+            if stop_offset or step < min_k:  # untouched otherwise: the specified loop, bit for bit
+                stop = u.new_full((b, 1), float("-inf") if step < min_k else float(stop_offset))
+                logits = logits + F.pad(stop, (n, 0))  # before step min_k a running sample has < min_k picks
             pi = torch.softmax(logits / tau, dim=-1)  # (B, N+1)
-            action = torch.where(done, n, logits.argmax(dim=-1))  # stopped samples keep choosing STOP
+            if explore:
+                best = torch.multinomial(pi.detach(), 1, generator=generator).squeeze(1)  # (B,) sampled
+            else:
+                best = logits.argmax(dim=-1)
+            action = torch.where(done, n, best)  # stopped samples keep choosing STOP
             # what is fed back: the hard action, or with continuation the best visual token (= the action
             # until the sample's first STOP)
             fed = logits[:, :n].argmax(dim=-1) if continue_after_stop else action

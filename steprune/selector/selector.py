@@ -6,9 +6,15 @@
     keep, keep_mask = sel.select(x_v, text, text_mask)     # inference: hard adaptive-K subset, spatial order
     sel.save("selector.safetensors"); sel = StepPruneSelector.load("selector.safetensors")
 
-Training (`forward_train`): pointer loop -> soft scores -> g = SoftTopK(s; k_bar, beta) -> noise gate ->
-local denoiser; the frozen MLLM consumes `features` (B, N, D_v) at full length. Inference (`select`): the
-hard pointer choices only, sorted back into spatial order; no noise, no denoiser.
+Training (`forward_train`), by `surrogate`:
+* "paper" (methods.md §1.3): pointer loop -> soft scores -> g = SoftTopK(s; k_bar, beta) -> noise gate ->
+  local denoiser; the frozen MLLM consumes `features` (B, N, D_v) at full length.
+* "removal" (methods.md §1.8): the sample's own hard picks h (B, N) with the straight-through gate
+  `keep = h + q - stopgrad(q)`, q = min(1, s); features pass unchanged (no SoftTopK, k_bar, noise or
+  denoiser); the LLM sees the visual keys through the attention bias log(keep + eps)
+  (`steprune.backbones.attention_bias`).
+Inference (`select`): the hard pointer choices only, sorted back into spatial order; no noise, no denoiser;
+STOP masked until `min_k` tokens are chosen, and the calibrated `stop_offset` added to the STOP logit.
 
 A checkpoint is one safetensors file; its metadata holds the format tag and the constructor arguments as
 JSON, so `load` rebuilds the exact module. Anything unreadable or inconsistent raises a ValueError that
@@ -49,6 +55,8 @@ from steprune.selector.soft_topk import sigmoid_topk, soft_topk
 FORMAT = "steprune-selector/1"
 Polarisation = Literal["ot", "sigmoid"]
 Horizon = Literal["t_max", "stop"]
+Surrogate = Literal["paper", "removal"]
+SURROGATES: tuple[str, ...] = ("paper", "removal")
 
 
 class Selection(NamedTuple):
@@ -90,8 +98,17 @@ class StepPruneSelector(nn.Module):
         polarisation: Polarisation = "ot",
         polarisation_iters: int = 100,
         horizon: Horizon = "stop",
+        surrogate: Surrogate = "paper",
+        min_k: int = 1,
+        stop_offset: float = 0.0,
     ) -> None:
         super().__init__()
+        if surrogate not in SURROGATES:
+            raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
+        if isinstance(min_k, bool) or not isinstance(min_k, int) or min_k < 0:
+            raise ValueError(f"min_k must be an int >= 0 (the fewest visual tokens kept), got {min_k!r}")
+        if t_max is not None and isinstance(t_max, int) and min_k > t_max:
+            raise ValueError(f"min_k={min_k} is above t_max={t_max}: no selection could satisfy both")
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         if polarisation not in ("ot", "sigmoid"):
@@ -117,8 +134,15 @@ class StepPruneSelector(nn.Module):
             "polarisation": polarisation,
             "polarisation_iters": polarisation_iters,
             "horizon": horizon,
+            "surrogate": surrogate,
+            "min_k": min_k,
+            "stop_offset": float(stop_offset),
         }
         self.t_max = t_max
+        self.surrogate: Surrogate = surrogate
+        self.min_k = min_k
+        self.stop_offset = float(stop_offset)
+        self.calibration: dict | None = None  # how stop_offset was set (`steprune.training.calibration`)
         self.aggregation: Aggregation = aggregation
         self.polarisation: Polarisation = polarisation
         self.polarisation_iters = polarisation_iters
@@ -137,11 +161,35 @@ class StepPruneSelector(nn.Module):
         tau: float,
         t_max: int | None,
         continue_after_stop: bool = False,
+        stop_offset: float = 0.0,
+        explore: bool = False,
+        generator: torch.Generator | None = None,
+        min_k: int | None = None,
     ) -> PointerOutput:
         """Encoder + pointer loop: the hard trajectory and its distributions."""
         h = self.encoder(vision, text, text_mask, alpha)  # (B, N, D)
-        steps = t_max if t_max is not None else (self.t_max if self.t_max is not None else vision.shape[1])
-        return self.decoder(h, steps, tau, continue_after_stop)
+        return self.decode(h, tau, t_max, continue_after_stop, stop_offset, explore, generator, min_k)
+
+    def steps_for(self, num_tokens: int, t_max: int | None = None) -> int:
+        """T_max for a call: the argument, else the selector's own, else N."""
+        return t_max if t_max is not None else (self.t_max if self.t_max is not None else num_tokens)
+
+    def decode(
+        self,
+        h: Tensor,
+        tau: float = 1.0,
+        t_max: int | None = None,
+        continue_after_stop: bool = False,
+        stop_offset: float = 0.0,
+        explore: bool = False,
+        generator: torch.Generator | None = None,
+        min_k: int | None = None,
+    ) -> PointerOutput:
+        """The pointer loop on encoded tokens h (B, N, D), with the floor `min_k` (None: the selector's own),
+        capped at T_max."""
+        steps = self.steps_for(h.shape[1], t_max)
+        min_k = min(self.min_k if min_k is None else min_k, steps)
+        return self.decoder(h, steps, tau, continue_after_stop, min_k, stop_offset, explore, generator)
 
     def forward_train(
         self,
@@ -155,8 +203,16 @@ class StepPruneSelector(nn.Module):
         k_bar: float | Tensor | None = None,
         generator: torch.Generator | None = None,
         t_max: int | None = None,
+        explore: bool = False,
     ) -> dict[str, Tensor]:
-        """The training surrogate of methods.md §1.3 for vision (B, N, D_v), text (B, L, D_llm), text_mask (B, L)."""
+        """The training surrogate (`self.surrogate`) for vision (B, N, D_v), text (B, L, D_llm), text_mask (B, L).
+
+        `explore` (removal surrogate only) samples each pointer action from pi_t instead of the argmax.
+        """
+        if self.surrogate == "removal":
+            return self._forward_removal(vision, text, text_mask, alpha, tau, gamma, generator, t_max, explore)
+        if explore:
+            raise ValueError("explore samples the pointer's actions: it belongs to the removal surrogate only")
         out = self.pointer(vision, text, text_mask, alpha, tau, t_max, continue_after_stop=self.horizon == "t_max")
         scores = soft_scores(out.pi, out.step_valid, gamma, self.aggregation, out.horizon)  # (B, N)
         k = out.lengths.to(scores.dtype).mean() if k_bar is None else k_bar
@@ -178,6 +234,39 @@ class StepPruneSelector(nn.Module):
             "chosen_mask": out.chosen_mask,
         }
 
+    def _forward_removal(
+        self,
+        vision: Tensor,
+        text: Tensor,
+        text_mask: Tensor,
+        alpha: float | Tensor,
+        tau: float,
+        gamma: float,
+        generator: torch.Generator | None,
+        t_max: int | None,
+        explore: bool,
+    ) -> dict[str, Tensor]:
+        """methods.md §1.8 items 1-2: the hard set with a straight-through gate; features unchanged."""
+        out = self.pointer(vision, text, text_mask, alpha, tau, t_max, explore=explore, generator=generator)
+        scores = soft_scores(out.pi, out.step_valid, gamma, self.aggregation, out.horizon)  # (B, N)
+        b, n = scores.shape
+        hard = torch.zeros(b, n, dtype=scores.dtype, device=scores.device)
+        hard.scatter_add_(1, out.chosen, out.chosen_mask.to(scores.dtype))  # (B, N): 1 on the sample's picks
+        q = scores.clamp(max=1.0)
+        keep = hard + q - q.detach()  # forward: exactly the inference subset; backward: through every pi_t
+        return {
+            "keep": keep,  # (B, N)
+            "scores": scores,
+            "expected_length": expected_length(out.pi, out.horizon),  # (B,)
+            "k": out.lengths,
+            "features": vision,  # unchanged: removal, not noise, is the "off" state
+            "pi": out.pi,
+            "step_valid": out.step_valid,
+            "horizon": out.horizon,
+            "chosen": out.chosen,
+            "chosen_mask": out.chosen_mask,
+        }
+
     @torch.no_grad()
     def select(
         self,
@@ -187,10 +276,22 @@ class StepPruneSelector(nn.Module):
         tau: float = 1.0,
         alpha: float = 1.0,
         t_max: int | None = None,
+        min_k: int | None = None,
+        stop_offset: float | None = None,
     ) -> Selection:
-        """Inference: the hard adaptive-K subset, sorted into spatial order (tau does not change the argmax)."""
-        out = self.pointer(vision, text, text_mask, alpha, tau, t_max)
+        """Inference: the hard adaptive-K subset, sorted into spatial order (tau does not change the argmax).
+
+        STOP is masked until `min_k` tokens are chosen; the calibrated `stop_offset` is added to STOP's logit
+        (None: the selector's own values).
+        """
+        offset = self.stop_offset if stop_offset is None else stop_offset
+        out = self.pointer(vision, text, text_mask, alpha, tau, t_max, stop_offset=offset, min_k=min_k)
         return spatial_order(out.chosen, out.chosen_mask, vision.shape[1])
+
+    def set_stop_offset(self, offset: float, calibration: dict | None = None) -> None:
+        """Set the inference STOP offset (saved in the file's config) and how it was found (saved as metadata)."""
+        self.stop_offset = self.config["stop_offset"] = float(offset)
+        self.calibration = calibration
 
     # ------------------------------------------------------------------------------------------------
     def flops(self, num_tokens: int, text_tokens: int, steps: int) -> float:
@@ -219,7 +320,10 @@ class StepPruneSelector(nn.Module):
     def save(self, path: str | Path) -> None:
         """Write the weights and the constructor arguments to one safetensors file."""
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(tensors, str(path), metadata={"format": FORMAT, "config": json.dumps(self.config)})
+        metadata = {"format": FORMAT, "config": json.dumps(self.config)}
+        if self.calibration is not None:
+            metadata["calibration"] = json.dumps(self.calibration)
+        save_file(tensors, str(path), metadata=metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> StepPruneSelector:
@@ -257,4 +361,9 @@ class StepPruneSelector(nn.Module):
             shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
             raise ValueError(f"{path} does not match the selector its config describes: {shown}")
         model.load_state_dict(tensors, assign=True)
+        if "calibration" in metadata:
+            try:
+                model.calibration = json.loads(metadata["calibration"])
+            except ValueError as error:
+                raise ValueError(f"{path}: its calibration metadata is not JSON ({error})") from error
         return model

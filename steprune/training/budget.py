@@ -1,27 +1,29 @@
-"""Budget-targeted training: a stateful callback that steers λ so that StepPrune's mean K settles at a target.
+"""The target-K controller (methods.md §1.8 item 4): dual ascent on λ so that StepPrune's mean K settles at K*.
 
     Trainer(callbacks=[BudgetController(target_k=16)])         # ≈ 88.9 % pruning of 144 tokens
     steprune train fit --config experiments/stepprune_world.yaml --budget.target_k 16
 
-The length penalty λ·E[K]/N trades accuracy for tokens, but which K a given λ ends at is not known in advance:
-on the built-in world the same λ = 0.1 ended at K 25.9, 4.6 and 3.8 with seeds 0, 1 and 2. Comparing methods "at
-the same budget" needs K itself as the knob. This callback is a proportional-integral dual-ascent controller on
-λ (λ is the Lagrange multiplier of the constraint E[K] = target, so it may change sign). After every optimisation
-step, with k_bar the module's running mean of the hard K and error = clip((k_bar - target) / target, -1, 1):
+λ is the Lagrange multiplier of the equality constraint mean_b K_b / N = ρ* = K*/N. With c = mean_b E[K]_b / N - ρ*
+(E[K]_b = Σ_t A_{b,t}, differentiable) the module's length term is the augmented Lagrangian
 
-    integral   <- clip(integral + rate * error, min_multiplier, max_multiplier)      # starts at 1
-    multiplier <- integral + gain * error
+    λ · c + (μ / 2) · c²
 
-and the module's length term becomes lam_scale * lam * multiplier * E[K]/N. Too many tokens raise the penalty, too
-few lower it and, below zero, turn it into a reward for keeping tokens. It starts acting once the λ warm-up
-(`LengthPenaltySchedule`) is over (`module.lam_scale >= 1`), so the selector first learns which tokens matter. Its
-state goes into checkpoints, so a resumed run continues with the same λ. With `target_k=None` (the default, and
-what `make train` uses) it does nothing and λ stays fixed, as in the paper.
+and after every optimisation step, with the batch's mean hard K (all-reduced over DDP ranks by the module):
 
-Measured on the built-in world (reports/stepprune_training_study.md, "Steering K"): with target 16 no variant held
-K there. A positive λ of 0.2-0.4 for ~20 steps takes K from T_max 32 below 16 and K keeps falling after λ drops;
-a negative λ raises it only slowly (λ -1 moved K from 7 to 8.8 in 80 steps), because a confident early STOP
-saturates the gradient of E[K]. The runs ended at K 3.6-8.7. Treat it as a knob for experiments, not a guarantee.
+    λ <- λ + η · (mean_b K_b / N - ρ*)          # not clipped at 0: below the target it rewards tokens
+
+ρ* is warmed from T_max/N down to K*/N linearly over the first `warmup_steps` steps, so the selector first learns
+which tokens matter while it keeps many. The constraint is on the batch mean: K still varies per image. The state
+(λ, the steps applied, the target) goes into checkpoints, and the warm-up position is the trainer's global step,
+so a resumed run continues λ and the warm-up exactly. With `target_k=None` (the default) it does nothing and the
+module's fixed penalty λ·E[K]/N applies, as in the paper. This replaces the earlier PI controller on a λ multiplier
+(sessions 5-7), which never held K = 16: one mechanism, not two.
+
+Defaults η 0.5, μ 4 (session 9, a micro LLaVA with 16 visual tokens, T_max 8, K* 3, 40 steps, lr 3e-3): mean K over
+the last 10 steps 2.7 (removal surrogate) and 2.25 (paper); η 1, μ 10 oscillated more (4.05 / 2.7). At lr 1e-3 both
+surrogates fell to the floor min_k = 1 and stayed there for the rest of the 40 steps although λ turned negative
+(−1 to −4.5): once STOP is confident at step 2 the gradient of E[K] saturates (the pathology of the earlier
+controller). Measure on the world before trusting a setting.
 """
 
 from __future__ import annotations
@@ -32,27 +34,45 @@ import lightning as L
 
 
 class BudgetController(L.Callback):
-    """Steers `module.lam_multiplier` so that the running mean of the hard K (`module.k_bar`) reaches `target_k`."""
+    """Dual ascent on the length multiplier λ towards a mean of `target_k` kept visual tokens."""
 
     def __init__(
         self,
         target_k: float | None = None,
-        rate: float = 0.05,
-        gain: float = 1.0,
-        min_multiplier: float = -10.0,
-        max_multiplier: float = 10.0,
+        eta: float = 0.5,
+        mu: float = 4.0,
+        warmup_steps: int = 100,
+        lam_init: float = 0.0,
     ) -> None:
         if target_k is not None and target_k <= 0:
             raise ValueError(f"target_k must be > 0 (a number of visual tokens), got {target_k}")
-        if rate <= 0 or gain < 0 or not min_multiplier <= 1 <= max_multiplier:
-            raise ValueError(
-                f"need rate > 0, gain >= 0 and min_multiplier <= 1 <= max_multiplier, got {rate}, {gain}, "
-                f"{min_multiplier}, {max_multiplier}"
-            )
-        self.target_k, self.rate, self.gain = target_k, rate, gain
-        self.min_multiplier, self.max_multiplier = min_multiplier, max_multiplier
-        self.integral = self.multiplier = 1.0
-        self.steps = 0
+        if eta <= 0 or mu < 0 or warmup_steps < 0:
+            raise ValueError(f"need eta > 0, mu >= 0 and warmup_steps >= 0, got {eta}, {mu}, {warmup_steps}")
+        self.target_k, self.eta, self.mu, self.warmup_steps = target_k, eta, mu, warmup_steps
+        self.lam = float(lam_init)
+        self.steps = 0  # optimisation steps whose K has updated λ
+
+    @property
+    def active(self) -> bool:
+        return self.target_k is not None
+
+    def target_tokens(self, step: int, t_max: int) -> float:
+        """The warmed target in tokens at `step`: T_max at step 0, K* from `warmup_steps` on."""
+        assert self.target_k is not None, "target_tokens needs a target_k"
+        if self.warmup_steps == 0 or step >= self.warmup_steps:
+            return float(self.target_k)
+        return t_max + (self.target_k - t_max) * step / self.warmup_steps
+
+    def penalty(self, expected_k_mean: Any, num_tokens: int, t_max: int, step: int) -> tuple[Any, Any]:
+        """(λ·c + μ/2·c², c) for the batch-mean differentiable E[K] (a tensor) at `step`."""
+        c = expected_k_mean / num_tokens - self.target_tokens(step, t_max) / num_tokens
+        return self.lam * c + 0.5 * self.mu * c * c, c
+
+    def update(self, k_mean: float, num_tokens: int, t_max: int, step: int) -> float:
+        """One dual-ascent step from the batch's mean hard K at `step`; returns the new λ."""
+        if self.active:
+            self.lam += self.eta * (k_mean - self.target_tokens(step, t_max)) / num_tokens
+        return self.lam
 
     def _check_target(self, module: L.LightningModule) -> None:
         t_max = getattr(getattr(module, "selector", None), "t_max", None)
@@ -64,42 +84,35 @@ class BudgetController(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._check_target(module)
-        # `>`, not the schedules' `!=`: a checkpoint written before this callback existed has no state for it
-        # (steps 0 at any trainer step) and must still resume, with λ as configured
+        # `>`, not `!=`: a checkpoint written without this callback's state (steps 0) still resumes, from lam_init
         if self.steps > trainer.global_step:
             raise RuntimeError(
                 f"BudgetController has applied {self.steps} steps but the trainer is at step {trainer.global_step}: "
                 "the checkpoint and the callback state disagree"
             )
-        module.lam_multiplier = self.multiplier
-
-    def update(self, k_bar: float, lam_scale: float) -> float:
-        """One controller step from the current running K; returns the new multiplier."""
-        if self.target_k is None or lam_scale < 1.0 or k_bar < 0:  # disabled, λ still warming up, K unknown yet
-            return self.multiplier
-        error = max(-1.0, min(1.0, (k_bar - self.target_k) / self.target_k))
-        self.integral = max(self.min_multiplier, min(self.max_multiplier, self.integral + self.rate * error))
-        self.multiplier = self.integral + self.gain * error
-        return self.multiplier
+        module.budget_controller = self if self.active else None
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        stats = getattr(module, "last_k_stats", None)  # (mean hard K over all ranks, N, T_max, the step it used)
+        if not self.active or stats is None:
+            return
+        k_mean, num_tokens, t_max, step = stats
+        self.update(k_mean, num_tokens, t_max, step)
         self.steps = trainer.global_step
-        module.lam_multiplier = self.update(float(module.k_bar), float(module.lam_scale))
-        module.log("schedule/lam_multiplier", self.multiplier)
+        module.log_dict({"budget/lam": self.lam, "budget/target_k": self.target_tokens(step, t_max)}, batch_size=1)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "integral": self.integral,
-            "multiplier": self.multiplier,
-            "steps": self.steps,
-            "target_k": self.target_k,
-        }
+        return {"lam": self.lam, "steps": self.steps, "target_k": self.target_k}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "lam" not in state_dict:
+            raise ValueError(
+                "this checkpoint holds the state of the earlier PI budget controller (a λ multiplier), not of the "
+                "dual-ascent controller: start a new run (move the checkpoint directory away)"
+            )
         if state_dict.get("target_k") != self.target_k:
             raise ValueError(
                 f"this checkpoint was trained towards target_k {state_dict.get('target_k')}, not {self.target_k}: "
                 "resume with the same --budget.target_k, or start a new run"
             )
-        self.integral, self.multiplier = float(state_dict["integral"]), float(state_dict["multiplier"])
-        self.steps = int(state_dict["steps"])
+        self.lam, self.steps = float(state_dict["lam"]), int(state_dict["steps"])

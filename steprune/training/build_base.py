@@ -265,8 +265,8 @@ def build_base(
         check_base(out)
         print(f"reusing the base model at {out} (make base ARGS=--force rebuilds it)")
         return json.loads((out / "build_info.json").read_text())
-    build_provenance = provenance()  # taken at the start: the commit whose recipe runs
     torch.set_num_threads(recipe.threads)
+    build_provenance = provenance()  # taken at the start: the commit whose recipe runs, on this CPU and threads
     L.seed_everything(recipe.seed, verbose=False)
     cfg = world_config(world)
     timings: dict[str, float] = {}

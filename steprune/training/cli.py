@@ -54,6 +54,7 @@ class StepPruneCLI(LightningCLI):
         parser.add_lightning_class_args(BudgetController, "budget")
         parser.add_lightning_class_args(ExportSelector, "export")
         parser.link_arguments("model.backbone", "data.init_args.backbone")
+        parser.link_arguments("budget.target_k", "export.calibrate_to")  # a target K is calibrated exactly at the end
         parser.set_defaults(
             {
                 "trainer.logger": {

@@ -53,12 +53,34 @@ def git_commit(root: Path | None = None) -> dict[str, Any]:
     return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
+def cpu_record() -> dict[str, Any]:
+    """The CPU facts that change float results bit for bit: the kernels torch dispatches to and the threads.
+
+    Measured (session 9, a 20 + 20-step micro build): the same lock on the same machine gives different weights
+    with `ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2` (AVX2 kernels instead of AVX-512) and with one
+    thread instead of two; transformers 5.23/5.24, lightning 2.5.6/2.6.6, pillow 12.3/13.0, numpy 2.3.5/2.4.6,
+    tokenizers 0.23.1/0.23.3 and huggingface_hub 1.33/2.4 did not change a byte.
+    """
+    import torch
+
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")), None)
+    return {"model": model, "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
 def provenance() -> dict[str, Any]:
-    """The record: commit, Python, platform and package versions."""
+    """The record: commit, Python, platform, CPU and package versions."""
     return {
         **git_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": cpu_record(),
         "packages": package_versions(),
     }
 

@@ -1,12 +1,19 @@
-"""The StepPrune LightningModule: a frozen MLLM + the trainable selector, trained with LM loss + λ·E[K]/N.
+"""The StepPrune LightningModule: a frozen MLLM + the trainable selector, trained with LM loss + a length term.
 
-    module = StepPruneModule(backbone="artifacts/base", lam=0.5, gamma=0.9, beta=10.0)
-    lightning.Trainer(max_steps=200, callbacks=[TextGateSchedule(50), TemperatureSchedule(...)]).fit(module, dm)
+    module = StepPruneModule(backbone="artifacts/base", surrogate="removal", kd=1.0)
+    lightning.Trainer(max_steps=200, callbacks=[TextGateSchedule(50), BudgetController(target_k=16)]).fit(module, dm)
 
-Training (methods.md §1.3–1.4): vision features -> selector surrogate (soft scores -> SoftTopK -> VP noise
-gate -> denoiser) -> the MLLM's own projector -> the frozen LLM on the full-length sequence -> next-token
-loss on the answer tokens, plus λ·E[K]/N with E[K] = Σ_t A_t. Validation runs the hard selection exactly
-as inference does (`steprune` pruner through `PrunedVLM.generate`) and reports accuracy, K and retention.
+Training, by `surrogate`:
+* "paper" (methods.md §1.3–1.4): vision features -> selector surrogate (soft scores -> SoftTopK -> VP noise
+  gate -> denoiser) -> the MLLM's own projector -> the frozen LLM on the full-length sequence.
+* "removal" (§1.8): the selector's hard picks with a straight-through gate m; features unchanged; the frozen
+  LLM (SDPA) sees every visual key j through the additive attention bias log(m_j + eps), original positions.
+Loss: next-token CE on the answer tokens, + `kd` · KL(full-token model ‖ pruned) on the same tokens (the
+teacher is the same frozen MLLM with every visual token, no grad), + the length term: λ·E[K]/N with a fixed λ,
+or with a `BudgetController` target the augmented Lagrangian λ·c + μ/2·c² of c = mean E[K]/N − ρ*, λ by dual
+ascent. E[K] = Σ_t A_t. Under DDP the batch's hard K is averaged over ranks before it updates k̄ or λ, so every
+rank holds the same state. Validation runs the hard selection exactly as inference does (`steprune` pruner
+through `PrunedVLM.generate`) and reports accuracy, K and retention.
 
 Only selector parameters train; the frozen MLLM is never written to a checkpoint (it is re-loaded from
 `backbone`), so a checkpoint holds the selector, the k̄ running average, the optimiser state and the
@@ -26,6 +33,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.aggregation import CatMetric
 
 from steprune.backbones import adapter_for
+from steprune.backbones.attention_bias import removal_forward
+from steprune.backbones.base import image_placeholder_mask
 from steprune.backbones.fingerprint import backbone_fingerprint
 from steprune.pruned_vlm import PrunedVLM
 from steprune.pruners.stepprune import StepPrunePruner
@@ -72,6 +81,11 @@ class StepPruneModule(L.LightningModule):
         warmup_steps: int = 20,
         max_new_tokens: int = 4,
         dtype: str = "float32",
+        surrogate: str = "paper",
+        kd: float = 0.0,
+        min_k: int = 1,
+        explore: bool = False,
+        bias_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -96,11 +110,19 @@ class StepPruneModule(L.LightningModule):
             aggregation=aggregation,
             polarisation=polarisation,
             horizon=horizon,
+            surrogate=surrogate,
+            min_k=min_k,
         )
+        if kd < 0:
+            raise ValueError(f"kd (the distillation weight) must be >= 0, got {kd}")
+        if surrogate == "removal":  # no noise, no denoiser on this path: it stays in the file, untrained
+            self.selector.denoiser.requires_grad_(False)
         self.alpha = 0.0  # the text gate, annealed by TextGateSchedule
         self.tau = tau  # the pointer temperature, annealed by TemperatureSchedule
-        self.lam_scale = 1.0  # λ's warm-up factor, set by LengthPenaltySchedule
-        self.lam_multiplier = 1.0  # λ's budget-control factor, set by BudgetController (1 = fixed λ)
+        self.lam_scale = 1.0  # λ's warm-up factor, set by LengthPenaltySchedule (fixed-λ training only)
+        self.budget_controller: Any = None  # a BudgetController with a target sets itself here on train start
+        self.last_k_stats: tuple[float, int, int, int] | None = None  # (mean hard K, N, T_max, step), for it
+        self._explore_generator: torch.Generator | None = None
         self.register_buffer("k_bar", torch.tensor(-1.0))  # running mean of the hard K (-1: unset)
         self.register_buffer("unpruned_acc", torch.tensor(-1.0))  # cached: the frozen model never changes
         self.strict_loading = False  # checkpoints carry no backbone weights
@@ -143,14 +165,72 @@ class StepPruneModule(L.LightningModule):
                 "or by leaving out --ckpt_path."
             )
 
+    def _rank_mean(self, value: Tensor) -> Tensor:
+        """Mean over DDP ranks (the value itself in a single process: no op, bit for bit)."""
+        if self._trainer is not None and self.trainer.world_size > 1:
+            return self.trainer.strategy.reduce(value, reduce_op="mean")
+        return value
+
+    def _explore_rng(self) -> torch.Generator | None:
+        if not self.hparams.explore:
+            return None
+        if self._explore_generator is None:  # seeded from the run's seed and rank, never the global RNG
+            rank = self.global_rank if self._trainer is not None else 0
+            self._explore_generator = torch.Generator().manual_seed(torch.initial_seed() % 2**31 + rank)
+        return self._explore_generator
+
+    def _lm_paper(self, batch: dict[str, Tensor], out: dict[str, Tensor]) -> Any:
+        tokens = self.adapter.project(out["features"])  # (B, N, D_llm), grad flows through the frozen projector
+        embeds = self.adapter.full_length_embeds(batch["input_ids"], tokens)
+        extras = {k: v for k, v in batch.items() if k in ("image_grid_thw", "mm_token_type_ids")}
+        positions = self.adapter.full_positions(batch["input_ids"], batch["attention_mask"], **extras)
+        return self.vlm(
+            inputs_embeds=embeds,
+            attention_mask=batch["attention_mask"],
+            position_ids=positions,
+            labels=batch["labels"],
+            use_cache=False,
+        )
+
+    def _lm_removal(self, batch: dict[str, Tensor], out: dict[str, Tensor]) -> Any:
+        """The frozen LLM on the full sequence, every visual key j biased by log(keep_j + eps) (SDPA, original
+        positions): forward = the inference subset, backward = the information removing each token loses."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        with torch.no_grad():  # features pass unchanged: nothing upstream of the mask needs a gradient
+            tokens = self.adapter.project(out["features"])  # (B, N, D_llm)
+            embeds = self.adapter.full_length_embeds(ids, tokens)
+        extras = {k: v for k, v in batch.items() if k in ("image_grid_thw", "mm_token_type_ids")}
+        positions = self.adapter.full_positions(ids, mask, **extras)
+        slots = image_placeholder_mask(ids, self.adapter.image_token_id, tokens.shape[1])  # (B, S)
+        return removal_forward(
+            self.vlm, embeds, mask, slots, out["keep"], positions, labels=batch["labels"], eps=self.hparams.bias_eps
+        )
+
+    def _distillation(self, batch: dict[str, Tensor], student_logits: Tensor, vision: Any) -> Tensor:
+        """KL(p_full ‖ p_pruned) on the answer tokens; the teacher is the frozen MLLM with every visual token."""
+        targets = batch["labels"][:, 1:]  # (B, S-1): token t+1 is predicted at position t
+        answer = targets != -100
+        with torch.no_grad():
+            tokens = self.adapter.project(vision.vision_features)
+            embeds = self.adapter.full_length_embeds(batch["input_ids"], tokens)
+            extras = {k: v for k, v in batch.items() if k in ("image_grid_thw", "mm_token_type_ids")}
+            positions = self.adapter.full_positions(batch["input_ids"], batch["attention_mask"], **extras)
+            teacher = self.vlm(
+                inputs_embeds=embeds, attention_mask=batch["attention_mask"], position_ids=positions, use_cache=False
+            ).logits[:, :-1][answer]  # (A, V)
+        student = student_logits[:, :-1][answer].float().log_softmax(-1)  # (A, V)
+        teacher = teacher.float().log_softmax(-1)
+        return (teacher.exp() * (teacher - student)).sum(-1).mean()
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         vision_inputs = {k: v for k, v in batch.items() if k in ("pixel_values", "image_grid_thw")}
         with torch.no_grad():
             vision = self.adapter.encode_images(**vision_inputs)
             prompt = batch["labels"] == -100
             text, text_mask = self.adapter.prompt_embeddings(batch["input_ids"], batch["attention_mask"], prompt)
-        # k̄ for SoftTopK: the running mean of the hard K, floored so that a selector that stops early still
-        # lets a few tokens through the gate (else no gradient can tell which tokens matter)
+        removal = self.hparams.surrogate == "removal"
+        # k̄ for SoftTopK (paper surrogate): the running mean of the hard K, floored so that a selector that stops
+        # early still lets a few tokens through the gate (else no gradient can tell which tokens matter)
         k_bar = None if float(self.k_bar) < 0 else self.k_bar.clamp(min=self.hparams.min_k_bar)
         out = self.selector.forward_train(
             vision.vision_features,
@@ -160,40 +240,48 @@ class StepPruneModule(L.LightningModule):
             tau=self.tau,
             gamma=self.hparams.gamma,
             beta=self.hparams.beta,
-            k_bar=k_bar,
+            k_bar=None if removal else k_bar,
+            generator=self._explore_rng() if removal else None,
+            explore=removal and self.hparams.explore,
         )
-        tokens = self.adapter.project(out["features"])  # (B, N, D_llm), grad flows through the frozen projector
-        embeds = self.adapter.full_length_embeds(batch["input_ids"], tokens)
-        extras = {k: v for k, v in batch.items() if k in ("image_grid_thw", "mm_token_type_ids")}
-        positions = self.adapter.full_positions(batch["input_ids"], batch["attention_mask"], **extras)
-        lm = self.vlm(
-            inputs_embeds=embeds,
-            attention_mask=batch["attention_mask"],
-            position_ids=positions,
-            labels=batch["labels"],
-            use_cache=False,
-        )
+        lm = self._lm_removal(batch, out) if removal else self._lm_paper(batch, out)
         n = vision.vision_features.shape[1]
-        lam = self.lam_scale * self.lam_multiplier * self.hparams.lam
-        len_penalty = lam * out["expected_length"].mean() / n
+        t_max = self.selector.steps_for(n)
+        expected_k = out["expected_length"].mean()
+        controller = self.budget_controller
+        if controller is not None:
+            len_penalty, constraint = controller.penalty(expected_k, n, t_max, self.global_step)
+            lam = controller.lam
+        else:
+            lam = self.lam_scale * self.hparams.lam
+            len_penalty = lam * expected_k / n
         loss = lm.loss + len_penalty
-        hard_k = out["k"].float().mean().detach()
+        logs: dict[str, Any] = {}
+        if self.hparams.kd > 0:
+            kl = self._distillation(batch, lm.logits, vision)
+            loss = loss + self.hparams.kd * kl
+            logs["train/kd"] = kl
+        hard_k = self._rank_mean(out["k"].float().mean().detach())
+        self.last_k_stats = (float(hard_k), n, t_max, self.global_step)
         with torch.no_grad():
             m = self.hparams.k_bar_momentum
             self.k_bar.copy_(hard_k if float(self.k_bar) < 0 else m * self.k_bar + (1 - m) * hard_k)
         size = batch["input_ids"].shape[0]
+        if controller is not None:
+            logs["train/constraint"] = constraint
         self.log_dict(
             {
                 "train/loss": loss,
                 "train/loss_lm": lm.loss,
                 "train/len_penalty": len_penalty,
                 "train/k_mean": hard_k,
-                "train/expected_k": out["expected_length"].mean(),
+                "train/expected_k": expected_k,
                 "train/k_bar": self.k_bar,
                 "train/alpha": float(self.alpha),
                 "train/tau": float(self.tau),
                 "train/lam_scale": float(self.lam_scale),
                 "train/lam": float(lam),
+                **logs,
             },
             prog_bar=False,
             batch_size=size,

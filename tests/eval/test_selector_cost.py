@@ -46,7 +46,8 @@ def test_the_timed_selection_runs_exactly_the_steps_asked_for() -> None:
     selector.decoder.pointer_q.register_forward_hook(lambda *_: steps.append(1))  # one pointer query per step
     vision, text = torch.randn(1, 16, 32), torch.randn(1, 5, 32)
     text_mask = torch.ones(1, 5, dtype=torch.bool)
-    assert selector.select(vision, text, text_mask, t_max=7).lengths.item() == 0  # STOP first: K = 0, one step
+    # STOP first: K = 0 in one step (the floor min_k masks STOP at step 1 unless it is 0)
+    assert selector.select(vision, text, text_mask, t_max=7, min_k=0).lengths.item() == 0
     assert len(steps) == 1
     steps.clear()
     keep = selector_call(selector, vision, text, 7)()

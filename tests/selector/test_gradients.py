@@ -36,6 +36,7 @@ def micro(polarisation: str = "ot", seed: int = 5) -> StepPruneSelector:
         denoiser_layer_scale=0.1,
         polarisation=polarisation,
         polarisation_iters=30,
+        min_k=0,  # the paper's loop: STOP may come first (these fixtures need it)
     )
     return sel.double()
 

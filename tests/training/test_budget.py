@@ -1,7 +1,8 @@
-"""BudgetController: the dual-ascent step on λ, its state in checkpoints, and a real fit that it steers."""
+"""BudgetController: dual ascent on λ, the warmed target, its state across resume, and a fit it steers to K*."""
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 
@@ -10,95 +11,89 @@ from steprune.training.stepprune_module import StepPruneModule
 from tests.training.test_stepprune_module import backbone, cpu_trainer, loaders  # noqa: F401 (fixture)
 
 
-def test_update_raises_lambda_above_target_lowers_it_below_and_may_turn_it_into_a_reward():
-    control = BudgetController(target_k=16, rate=0.1, gain=0.5)
-    assert control.update(k_bar=32.0, lam_scale=1.0) == pytest.approx(1.1 + 0.5)  # error clipped at +1
-    assert control.integral == pytest.approx(1.1)
-    control = BudgetController(target_k=16, rate=0.1, gain=0.5)
-    assert control.update(k_bar=12.0, lam_scale=1.0) == pytest.approx(1.0 - 0.025 - 0.125)
-    control = BudgetController(target_k=16, rate=0.1, gain=0.5)
-    assert control.update(k_bar=16.0, lam_scale=1.0) == pytest.approx(1.0)  # on target: unchanged
-    for _ in range(30):  # far below the target for long: λ changes sign, keeping tokens is rewarded
-        control.update(k_bar=4.0, lam_scale=1.0)
-    assert control.multiplier < 0
+def test_dual_ascent_is_signed_and_unclipped():
+    control = BudgetController(target_k=16, eta=0.5, warmup_steps=0)
+    assert control.update(k_mean=32.0, num_tokens=144, t_max=32, step=0) == pytest.approx(0.5 * 16 / 144)
+    control = BudgetController(target_k=16, eta=0.5, warmup_steps=0)
+    for _ in range(10):  # far below the target: λ goes below zero and keeps going (an equality constraint)
+        control.update(k_mean=4.0, num_tokens=144, t_max=32, step=0)
+    assert control.lam == pytest.approx(-10 * 0.5 * 12 / 144)
+    assert BudgetController(None).update(k_mean=100.0, num_tokens=144, t_max=32, step=0) == 0.0
 
 
-def test_no_update_when_disabled_while_lambda_warms_up_or_before_k_is_known():
-    assert BudgetController(None).update(k_bar=100.0, lam_scale=1.0) == 1.0
-    assert BudgetController(16).update(k_bar=100.0, lam_scale=0.99) == 1.0
-    assert BudgetController(16).update(k_bar=-1.0, lam_scale=1.0) == 1.0
+def test_target_warms_from_t_max_down_to_k_star():
+    control = BudgetController(target_k=16, warmup_steps=10)
+    assert control.target_tokens(0, t_max=32) == 32.0
+    assert control.target_tokens(5, t_max=32) == pytest.approx(24.0)
+    assert control.target_tokens(10, t_max=32) == control.target_tokens(99, t_max=32) == 16.0
 
 
-def test_integral_stays_within_its_bounds():
-    control = BudgetController(target_k=4, rate=1.0, gain=0.0, min_multiplier=-0.5, max_multiplier=2.0)
-    for _ in range(5):
-        control.update(k_bar=40.0, lam_scale=1.0)
-    assert control.multiplier == 2.0
-    for _ in range(10):
-        control.update(k_bar=0.0, lam_scale=1.0)
-    assert control.multiplier == -0.5
+def test_penalty_is_the_augmented_lagrangian_and_differentiable():
+    control = BudgetController(target_k=16, mu=4.0, warmup_steps=0, lam_init=0.3)
+    expected_k = torch.tensor(30.0, requires_grad=True)
+    penalty, c = control.penalty(expected_k, num_tokens=100, t_max=32, step=0)
+    assert float(c) == pytest.approx(0.14)
+    assert float(penalty) == pytest.approx(0.3 * 0.14 + 2.0 * 0.14**2)
+    penalty.backward()
+    assert float(expected_k.grad) == pytest.approx((0.3 + 4.0 * 0.14) / 100)
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [{"target_k": 0}, {"target_k": 8, "rate": 0}, {"target_k": 8, "gain": -1}, {"target_k": 8, "min_multiplier": 2.0}],
-)
+@pytest.mark.parametrize("kwargs", [{"target_k": 0}, {"target_k": 8, "eta": 0}, {"mu": -1}, {"warmup_steps": -1}])
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         BudgetController(**kwargs)
 
 
-def test_state_round_trip_and_a_different_target_is_refused():
+def test_state_round_trip_a_different_target_and_the_old_controller_state_are_refused():
     control = BudgetController(target_k=16)
-    control.update(k_bar=30.0, lam_scale=1.0)
+    control.update(k_mean=30.0, num_tokens=144, t_max=32, step=3)
     restored = BudgetController(target_k=16)
     restored.load_state_dict(control.state_dict())
-    assert (restored.multiplier, restored.integral) == (control.multiplier, control.integral)
+    assert restored.lam == control.lam
     with pytest.raises(ValueError, match="target_k 16"):
         BudgetController(target_k=32).load_state_dict(control.state_dict())
+    with pytest.raises(ValueError, match="PI budget controller"):
+        BudgetController(target_k=16).load_state_dict({"integral": 1.0, "multiplier": 1.0, "steps": 2, "target_k": 16})
 
 
-def test_fit_steers_lambda_towards_the_target_and_resume_keeps_it(backbone, tmp_path):  # noqa: F811
-    """A target far below the selector's K raises λ at every step; the effective λ reaches the loss (logged as
-    train/lam) and a resumed run starts from the saved multiplier."""
+def test_target_above_t_max_is_refused(backbone, tmp_path):  # noqa: F811
     train, val = loaders(backbone)
-    control = BudgetController(target_k=0.5, rate=0.2, gain=0.0)
-    module = StepPruneModule(backbone, t_max=8, lam=0.5)
-    module.k_bar.fill_(8.0)  # a selector that keeps everything: far above the target
-    trainer = cpu_trainer(2, [control], tmp_path)
-    trainer.fit(module, train, val)
-    assert control.multiplier > 1.0 and module.lam_multiplier == control.multiplier
-    logged = float(trainer.callback_metrics["train/lam"])
-    assert logged > 0.5  # step 2 used the multiplier raised after step 1 (k_bar was 8, far above the target)
-    trainer.save_checkpoint(tmp_path / "step2.ckpt")
-    saved = torch.load(tmp_path / "step2.ckpt", weights_only=False)["callbacks"]
-    assert any(state.get("multiplier") == control.multiplier for state in saved.values())
-    resumed_control = BudgetController(target_k=0.5, rate=0.2, gain=0.0)
-    resumed = StepPruneModule(backbone, t_max=8, lam=0.5)
-    cpu_trainer(3, [resumed_control], tmp_path).fit(resumed, train, val, ckpt_path=tmp_path / "step2.ckpt")
-    # one more step from the saved multiplier (K is still far above target: error clipped at +1)
-    assert resumed_control.steps == 3
-    assert resumed_control.multiplier == pytest.approx(control.multiplier + 0.2)
-    assert resumed.lam_multiplier == resumed_control.multiplier
+    with pytest.raises(ValueError, match="above the selector's t_max"):
+        cpu_trainer(1, [BudgetController(target_k=9)], tmp_path).fit(StepPruneModule(backbone, t_max=8), train, val)
 
 
-def test_a_target_above_t_max_is_refused_before_training(backbone, tmp_path):  # noqa: F811
+def test_a_micro_run_reaches_its_target_and_resume_continues_lambda_exactly(backbone, tmp_path):  # noqa: F811
+    """The controller drives a micro run's mean K to K* within 10 % (removal surrogate: the paper's surrogate sat at
+    the floor or below K* in this micro world, see budget.py), and a run resumed from a checkpoint ends with the same
+    λ, the same warm-up position and the same selector as the run that never stopped (the removal path draws no
+    random numbers; the paper path's noise gate does, from the global RNG, which a resume does not restore)."""
+    surrogate = "removal"
     train, val = loaders(backbone)
-    with pytest.raises(ValueError, match="t_max 8"):
-        cpu_trainer(1, [BudgetController(target_k=12)], tmp_path).fit(StepPruneModule(backbone, t_max=8), train, val)
+    target, steps = 3.0, 40
 
+    def run(stop_at: int | None = None, ckpt=None) -> tuple[StepPruneModule, BudgetController, list[float]]:
+        torch.manual_seed(0)
+        control = BudgetController(target_k=target, warmup_steps=10)  # the default η and μ
+        module = StepPruneModule(backbone, t_max=8, lr=3e-3, warmup_steps=1, surrogate=surrogate)
+        ks: list[float] = []
 
-def test_a_checkpoint_without_controller_state_resumes_with_the_configured_lambda(backbone, tmp_path):  # noqa: F811
-    """Checkpoints written before the controller existed (or without it) carry no state for it: they resume."""
-    train, val = loaders(backbone)
-    first = cpu_trainer(2, [], tmp_path)
-    first.fit(StepPruneModule(backbone, t_max=8), train, val)
-    first.save_checkpoint(tmp_path / "old.ckpt")
-    assert not any(
-        "BudgetController" in key for key in torch.load(tmp_path / "old.ckpt", weights_only=False)["callbacks"]
-    )
-    control = BudgetController()  # target_k None: λ stays fixed
-    module = StepPruneModule(backbone, t_max=8)
-    resumed = cpu_trainer(3, [control], tmp_path)
-    resumed.fit(module, train, val, ckpt_path=tmp_path / "old.ckpt")
-    assert resumed.global_step == 3 and control.steps == 3 and module.lam_multiplier == 1.0
+        class KLog(L.Callback):  # the batch-mean hard K after each step; a checkpoint and a stop at `stop_at`
+            def on_train_batch_end(self, trainer, pl_module, *args):
+                ks.append(pl_module.last_k_stats[0])
+                if trainer.global_step == stop_at:
+                    trainer.save_checkpoint(tmp_path / f"{surrogate}-{stop_at}.ckpt")
+                    trainer.should_stop = True  # the run is interrupted here (same max_steps, same LR schedule)
+
+        trainer = cpu_trainer(steps, [control, KLog()], tmp_path)
+        trainer.fit(module, train, val, ckpt_path=ckpt)
+        return module, control, ks
+
+    module, control, ks = run(steps)
+    late = sum(ks[-10:]) / 10
+    assert abs(late - target) <= 0.1 * target + 0.25, f"mean K over the last 10 steps {late}, target {target}: {ks}"
+    run(stop_at=steps // 2)
+    resumed, resumed_control, _ = run(ckpt=tmp_path / f"{surrogate}-{steps // 2}.ckpt")
+    assert resumed_control.steps == control.steps == steps
+    assert resumed_control.lam == pytest.approx(control.lam, rel=1e-6, abs=1e-9)
+    for (name, a), b in zip(module.selector.state_dict().items(), resumed.selector.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
