@@ -69,14 +69,14 @@ base: $(STAMP) ## build (or reuse) the tiny LLaVA of the built-in world in artif
 	$(PY) -m steprune.cli base $(ARGS)
 
 train: $(STAMP) ## build/reuse the base, train StepPrune on the built-in world (resumes), compare with every baseline
-	$(PY) -m steprune.training.make_train $(ARGS)
+	$(PY) -m steprune.recipes.make_train $(ARGS)
 
 sweep: $(STAMP) ## run an Optuna sweep (SWEEP=sweeps/....yaml), resumable
-	$(PY) -m steprune.training.build_base
+	$(PY) -m steprune.recipes.build_base
 	$(PY) -m steprune.sweeps.runner --config $(SWEEP) $(ARGS)
 
 ablate: $(STAMP) ## run the Table 4 ablation grid over seeds
-	$(PY) -m steprune.training.build_base
+	$(PY) -m steprune.recipes.build_base
 	$(PY) -m steprune.sweeps.ablation --config $(or $(ABLATION),sweeps/ablation_table4.yaml) $(ARGS)
 
 bench: $(STAMP) ## FLOPs + prefill latency of every method at 192/128/64 tokens (ARGS="--config llava-7b --flops-only" on a CPU)

@@ -53,7 +53,7 @@ DELEGATED = {
     "train": "steprune.training.cli:train_main",
     "bench": "steprune.eval.bench:main",
     "eval": "steprune.eval.suite:suite_main",
-    "base": "steprune.training.build_base:main",
+    "base": "steprune.recipes.build_base:main",
     "sweep": "steprune.sweeps.runner:sweep_main",
     "ablate": "steprune.sweeps.ablation:ablate_main",
 }

@@ -184,7 +184,7 @@ def evaluate_world(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from steprune.training.build_base import default_base_dir, require_base
+    from steprune.base_location import default_base_dir, require_base
 
     parser = argparse.ArgumentParser(prog="steprune eval --suite world", description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=["world"], default="world")

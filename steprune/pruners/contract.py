@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from steprune.backbones.in_llm import LayerView
+    from steprune.backbones.layer_view import LayerView
     from steprune.backbones.vision_access import VisionAccess
 
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from steprune.backbones.in_llm import LayerView
+from steprune.backbones.layer_view import LayerView
 from steprune.pruners.contract import LayerDrop, PruneContext, PruneResult
 from steprune.pruners.fastv import scale_layer, top_indices
 from steprune.pruners.registry import PRUNERS

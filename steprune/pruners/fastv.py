@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from steprune.backbones.in_llm import LayerView
+from steprune.backbones.layer_view import LayerView
 from steprune.pruners.contract import LayerDrop, PruneContext, PruneResult
 from steprune.pruners.registry import PRUNERS
 

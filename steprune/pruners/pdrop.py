@@ -54,7 +54,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from steprune.backbones.in_llm import LayerView
+from steprune.backbones.layer_view import LayerView
 from steprune.pruners.contract import LayerDrop, PrePrunerBase, PruneContext, PruneResult
 from steprune.pruners.registry import PRUNERS
 

@@ -52,7 +52,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from steprune.backbones.in_llm import LayerView
+from steprune.backbones.layer_view import LayerView
 from steprune.pruners.contract import LayerDrop, PrePrunerBase, PruneContext, PruneResult
 from steprune.pruners.pdrop import merge_stages, round_half_up, scale_layers, top_k_stable
 from steprune.pruners.registry import PRUNERS

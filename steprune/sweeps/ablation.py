@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from steprune.sweeps.figures import ablation_bars, k_histogram
+from steprune.eval.report_figures import ablation_bars, k_histogram
 from steprune.sweeps.spec import AblationSpec, SweepConfigError, load_spec
 from steprune.sweeps.tracking import Tracker
 from steprune.sweeps.train import TrainRequest, check_args, train_run

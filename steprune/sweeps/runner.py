@@ -29,8 +29,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from steprune.eval.report_figures import k_histogram, retention_vs_k
 from steprune.sweeps.callbacks import OptunaPruning, ValidationK
-from steprune.sweeps.figures import k_histogram, retention_vs_k
 from steprune.sweeps.spec import SweepConfigError, SweepSpec, load_spec
 from steprune.sweeps.study import (
     HOST,

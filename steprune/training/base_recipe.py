@@ -7,7 +7,7 @@ through a linear head that is not saved with the model. Stage 2 — `ProjectorLM
 answer tokens, plus (`patch_weight`) a per-patch auxiliary loss that keeps those attributes readable in the
 projector's output: a linear head on each projected token must reproduce the stage-1 head's predictions.
 
-    python -m steprune.training.build_base          # runs both stages (what `make base` calls)
+    python -m steprune.recipes.build_base          # runs both stages (what `make base` calls)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from steprune.training.build_base import build_base
+from steprune.recipes.build_base import build_base
 from tests.training.test_base_recipe import MICRO, MICRO_WORLD
 
 ROOT = Path(__file__).resolve().parents[2]

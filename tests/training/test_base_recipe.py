@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from steprune import PrunedVLM
+from steprune.base_location import BaseModelError, require_base
 from steprune.data.world import Scene, SceneObject, WorldConfig
+from steprune.recipes.build_base import BaseRecipe, build_base
 from steprune.training.base_recipe import NO_DIGIT, patch_labels
-from steprune.training.build_base import BaseModelError, BaseRecipe, build_base, require_base
 
 MICRO_WORLD = {"image_size": 32, "max_objects": 3, "max_cells": 1, "max_distractors": 2}
 MICRO = BaseRecipe(
@@ -65,6 +66,9 @@ def test_micro_build_saves_a_loadable_base(micro_base):
     assert set(info["test_accuracy"]["per_kind"]) <= {"attribute", "existence", "counting", "spatial", "reading"}
     saved = json.loads((out / "build_info.json").read_text())
     assert saved["recipe"]["stage2_steps"] == 2
+    from steprune.base_location import weights_digest
+
+    assert saved["weights_sha256"] == weights_digest(out) and saved["weights_sha256"]
     import transformers
 
     assert saved["provenance"]["packages"]["transformers"] == transformers.__version__
@@ -169,7 +173,7 @@ def test_stage2_loader_batches_every_conversation_once_and_groups_by_length():
 
     from steprune.data.world import WorldConfig, generate_records
     from steprune.data.world_datamodule import ChatPool
-    from steprune.training.build_base import stage2_loader
+    from steprune.recipes.build_base import stage2_loader
 
     cfg = WorldConfig(**MICRO_WORLD)
     chats = ChatPool(generate_records("train", 32, cfg, seed=0), cfg, turns=3, caption_prob=0.5, views=2)
@@ -257,7 +261,7 @@ def test_make_train_end_to_end_on_the_micro_base(micro_base, tmp_path, monkeypat
     import shutil
     from pathlib import Path
 
-    from steprune.training.make_train import main as make_train
+    from steprune.recipes.make_train import main as make_train
 
     config = Path(__file__).resolve().parents[2] / "experiments" / "stepprune_world.yaml"
     out, _ = micro_base
@@ -285,7 +289,7 @@ def test_make_train_end_to_end_on_the_micro_base(micro_base, tmp_path, monkeypat
     budget = max(1, round(report["stepprune_mean_k"]))
     assert all(r["budget"] == budget for r in report["rows"][2:])
     assert (tmp_path / "artifacts" / "selector.safetensors").exists()
-    from steprune.training.make_train import checkpoint_dir
+    from steprune.recipes.make_train import checkpoint_dir
 
     assert (tmp_path / checkpoint_dir(tmp_path / "artifacts" / "base") / "last.ckpt").exists()
     assert len(list((tmp_path / "checkpoints").iterdir())) == 1  # one directory per base
@@ -342,3 +346,24 @@ def test_patch_loss_keeps_the_teachers_labels_readable_and_unhooks(micro_base):
     assert losses[-1] < losses[0] and torch.equal(teacher.head.weight, teacher_before)
     module.remove_hook()
     assert not model.model.multi_modal_projector._forward_hooks
+
+
+def test_recipe_presets_and_flags_override_them():
+    from dataclasses import asdict
+
+    from steprune.recipes.build_base import RECIPES, recipe_named
+
+    quick = recipe_named("quick", stage2_steps=5)
+    assert quick.text_layers == 3 and quick.stage2_steps == 5 and recipe_named("v2") == BaseRecipe()
+    assert BaseRecipe().text_layers >= 8, "the default base's LM is deep enough not to flatter in-LLM methods"
+    assert set(RECIPES["quick"]) <= set(asdict(BaseRecipe()))
+    with pytest.raises(ValueError, match="unknown recipe 'fast'; known"):
+        recipe_named("fast")
+
+
+def test_the_micro_recipe_built_twice_gives_identical_weights(micro_base, tmp_path):
+    from steprune.base_location import weights_digest
+
+    out, info = micro_base
+    again = build_base(tmp_path / "again", world=MICRO_WORLD, recipe=MICRO, progress=False)
+    assert again["weights_sha256"] == info["weights_sha256"] == weights_digest(tmp_path / "again")

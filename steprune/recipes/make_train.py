@@ -1,8 +1,8 @@
 """`make train`: the main job on a fresh machine, end to end.
 
-    python -m steprune.training.make_train                     # what `make train` runs
-    python -m steprune.training.make_train --limit 200         # a smaller comparison
-    python -m steprune.training.make_train --config experiments/stepprune_world.yaml \
+    python -m steprune.recipes.make_train                     # what `make train` runs
+    python -m steprune.recipes.make_train --limit 200         # a smaller comparison
+    python -m steprune.recipes.make_train --config experiments/stepprune_world.yaml \
         --config experiments/budget_k48.yaml --out reports/train_comparison_k48   # 66.7 % pruning instead
 
 1. the base model of the built-in world (`make base`; reused when present);
@@ -107,10 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="reports/train_comparison")
     args, train_args = parser.parse_known_args(argv)  # the rest goes to `steprune train fit`
 
+    from steprune.base_location import default_base_dir
+    from steprune.eval.report_figures import adaptivity
     from steprune.eval.world_compare import add_intervals
     from steprune.eval.world_eval import evaluate_world, markdown, print_table
-    from steprune.sweeps.figures import adaptivity
-    from steprune.training.build_base import build_base, default_base_dir
+    from steprune.recipes.build_base import build_base
     from steprune.training.cli import checkpoint_callbacks, train_main
 
     timings: dict[str, float] = {}

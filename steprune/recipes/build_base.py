@@ -1,8 +1,8 @@
 """`make base`: build (or reuse) the built-in world's base MLLM — a tiny LLaVA trained from scratch here.
 
-    python -m steprune.training.build_base                    # artifacts/base (STEPRUNE_HOME overrides artifacts/)
-    python -m steprune.training.build_base --force            # rebuild over an existing base
-    python -m steprune.training.build_base --stage2-steps 50  # a quick, weak base for trying things
+    python -m steprune.recipes.build_base                    # artifacts/base (STEPRUNE_HOME overrides artifacts/)
+    python -m steprune.recipes.build_base --force            # rebuild over an existing base
+    python -m steprune.recipes.build_base --stage2-steps 50  # a quick, weak base for trying things
 
 Recipe: world text -> byte-level BPE tokenizer -> LlavaProcessor (PIL image processor, no torchvision)
 -> LLaVA config (96 px, patch 8: 144 visual tokens) -> stage 1 (vision tower, dense per-patch labels) ->
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from steprune.backbones.tiny import LLAVA_CHAT_TEMPLATE, tiny_llava_config, train_tokenizer
+from steprune.base_location import check_base, default_base_dir, weights_digest
 from steprune.data.length_grouped import LengthGroupedBatchSampler
 from steprune.data.world import WorldConfig, generate_records, world_vocabulary
 from steprune.data.world_datamodule import ChatPool, MultiTurnCollator, world_config, world_records
@@ -37,92 +37,44 @@ from steprune.training.provenance import provenance
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 
 
-def artifacts_root() -> Path:
-    return Path(os.environ.get("STEPRUNE_HOME", "artifacts"))
-
-
-def default_base_dir() -> Path:
-    return artifacts_root() / "base"
-
-
-class BaseModelError(RuntimeError):
-    """The base model directory exists but cannot be used."""
-
-
-def require_base(path: str | Path | None = None) -> Path:
-    """The base directory, checked; a missing one says to run `make base`, a corrupt one says why."""
-    path = Path(path) if path is not None else default_base_dir()
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no base model at {path}: build it with `make base` (18-26 minutes measured on a 2-core CPU)"
-        )
-    check_base(path)
-    return path
-
-
-def check_base(path: Path) -> None:
-    """Raise BaseModelError naming the problem unless `path` holds a loadable saved model + processor."""
-    from safetensors import safe_open
-
-    for name in ("config.json", "build_info.json", "tokenizer.json"):
-        if not (path / name).is_file():
-            raise BaseModelError(
-                f"base model at {path} is incomplete: {name} is missing (rebuild with `make base ARGS=--force`)"
-            )
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        raise BaseModelError(
-            f"base model at {path} has no .safetensors weights (rebuild with `make base ARGS=--force`)"
-        )
-    for file in weights:
-        try:
-            with safe_open(str(file), "pt") as handle:
-                keys = list(handle.keys())
-                handle.get_slice(keys[-1])[:1]  # reads the header and touches the end of the data
-        except Exception as error:  # noqa: BLE001 - any failure here means the file is unusable
-            raise BaseModelError(
-                f"base model weights {file} are corrupt ({error}); rebuild with `make base ARGS=--force`"
-            ) from error
-        if file.stat().st_size < 1024:
-            raise BaseModelError(f"base model weights {file} are truncated; rebuild with `make base ARGS=--force`")
-
-
 @dataclass
 class BaseRecipe:
-    """Every knob of the base build (recorded in build_info.json)."""
+    """Every knob of the base build (recorded in build_info.json). The defaults are base v2 (session 9): a 12-layer
+    LM, so that FastV/DART's unpruned early layers are 2 of 12 (LLaVA-1.5-7B: 2 of 32), not 1 of 3; `RECIPES`
+    keeps the earlier 3-layer, ~18-minute build as the `quick` preset."""
 
     seed: int = 0
     vision_hidden: int = 128
     vision_layers: int = 4
     text_hidden: int = 192
-    text_layers: int = 3
+    text_layers: int = 12
     text_heads: int = 4
-    pool_size: int = 6000
+    pool_size: int = 10000
     """Train records generated once (in `pool_processes` processes); both stages make passes over them."""
     pool_processes: int = 2
     stage1_steps: int = 300
     stage1_batch: int = 64
     stage1_lr: float = 2e-3
-    stage2_steps: int = 600
-    """600 (session 7): 18:43 build, 65.4 % test, random at 16 tokens -20.0 points. 850 steps (sessions 4-6) took
-    26:04 for 65.6 %: a longer cosine schedule learns no more here (reports/base_build.md)."""
+    stage2_steps: int = 2000
+    """2000 for the 12-layer v2 (2.2-2.3 s a step on 2 free cores). The 3-layer `quick` preset: 600 (session 7: 18:43
+    build, 65.4 % test); 850 steps learned no more there (reports/base_build.md)."""
     stage2_batch: int = 32
-    stage2_lr: float = 2e-3
+    stage2_lr: float = 1.5e-3
     group_by_length: bool = False
     """Stage-2 batches of similar conversation length (`LengthGroupedBatchSampler`): 16 % fewer padded tokens.
     Off by default: the one build that used it (with two other changes) learned more slowly (reports/base_build.md)."""
     turns: int = 6
     """Questions per stage-2 conversation: the record's own, then further ones about the same scene."""
-    locate_turns: int = 0
+    locate_turns: int = 1
     """How many of the `turns` are training-only "Where is the <object>?" questions (answer: its 3x3 position).
     A 300-step probe lifted existence 51 -> 70 % on 37 val questions; off by default (reports/base_build.md)."""
     caption_prob: float = 0.3
     """Probability that a stage-2 conversation also asks for the caption (`Describe the image.`)."""
     patch_weight: float = 1.0
     """Weight of stage 2's per-patch auxiliary loss (`ProjectorLMModule`): 0 turns it off."""
-    warmup_steps: int = 50
-    eval_size: int = 500
-    curve_every: int = 150
+    warmup_steps: int = 100
+    eval_size: int = 2000
+    curve_every: int = 250
     """Every this many stage-2 steps, accuracy on `curve_size` val records goes into build_info (0: never)."""
     curve_size: int = 200
     tokenizer_records: int = 3000
@@ -135,6 +87,29 @@ class BaseRecipe:
                 f"locate_turns={self.locate_turns} must be >= 0 and below turns={self.turns} (the record's own "
                 "question is always the first turn); e.g. --locate-turns 0 with --turns 1"
             )
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "v2": {},
+    "quick": {
+        "text_layers": 3,
+        "pool_size": 6000,
+        "stage2_steps": 600,
+        "stage2_lr": 2e-3,
+        "locate_turns": 0,
+        "warmup_steps": 50,
+        "eval_size": 500,
+        "curve_every": 150,
+    },
+}
+"""Named presets over `BaseRecipe`'s defaults (`--recipe NAME`; explicit flags override them). `quick` is the
+3-layer base of sessions 7-8 (18-19 minutes on 2 cores, 65.4 % test): for trying things, not for reports."""
+
+
+def recipe_named(name: str, **overrides: Any) -> BaseRecipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
+    return BaseRecipe(**{**RECIPES[name], **overrides})
 
 
 def build_processor(cfg: WorldConfig, recipe: BaseRecipe) -> Any:
@@ -337,6 +312,7 @@ def build_base(
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
+    info["weights_sha256"] = weights_digest(staging)
     (staging / "build_info.json").write_text(json.dumps(info, indent=2))
     if out.exists():
         shutil.rmtree(out)
@@ -382,15 +358,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="build (or reuse) the built-in world's base MLLM")
     parser.add_argument("--out", default=None, help="directory (default: $STEPRUNE_HOME/base or artifacts/base)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a base exists")
+    parser.add_argument("--recipe", default="v2", choices=sorted(RECIPES), help="preset (flags below override it)")
     for name, value in asdict(BaseRecipe()).items():
         flag = f"--{name.replace('_', '-')}"
         if isinstance(value, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
-            parser.add_argument(flag, type=type(value), default=value)
+            parser.add_argument(flag, type=type(value), default=None, help=f"v2 default: {value}")
     args = parser.parse_args(argv)
     try:
-        recipe = BaseRecipe(**{k: getattr(args, k) for k in asdict(BaseRecipe())})
+        given = {k: getattr(args, k) for k in asdict(BaseRecipe()) if getattr(args, k) is not None}
+        recipe = recipe_named(args.recipe, **given)
     except ValueError as error:
         parser.error(str(error))
     out = Path(args.out) if args.out else default_base_dir()
