@@ -41,6 +41,7 @@ def test_loads_with_the_auto_classes_and_answers_as_measured_on_200_test_questio
     processor = AutoProcessor.from_pretrained(BASE)
     model = AutoModelForImageTextToText.from_pretrained(BASE, dtype=torch.float32).eval()
     assert model.config.text_config.num_hidden_layers == info["recipe"]["text_layers"]
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
     vlm = PrunedVLM.from_pretrained(str(BASE), method="identity")
     records = generate_records("test", 200, world_config(info["world"]), info["recipe"]["seed"])
     accuracy = world_accuracy(vlm, records)["overall"]
