@@ -9,6 +9,12 @@ mask and rotary embeddings — in the prefill and in every cached decoding step.
     with InLLMPruning(adapter.decoder, drops, image_slots, attention_mask) as session:
         logits = model(**spliced.model_kwargs()).logits
     session.kept_tokens  # visual tokens alive after each drop
+
+HF's batch expansion (`num_beams`, `num_return_sequences`) repeats every prompt r times
+(`repeat_interleave`, so rows b*r .. b*r+r-1 are prompt b) before the prefill. The session sees r*B rows
+where it was given B prompts: it checks the copies are identical, lets the method choose once per prompt (on
+the first copy, so its `PruneContext` of B rows still lines up) and gives every copy that choice. Beam
+reordering only permutes rows within a prompt's group, which all hold the same kept columns.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class InLLMPruning:
         self.drops = {d.layer: d for d in sorted(drops, key=lambda d: d.layer)}
         self.image_slots = image_slots  # (B, S) bool
         self.valid = attention_mask.bool()  # (B, S)
+        self.expand = 1  # r: HF's copies of each prompt in the running batch (beams / return sequences)
         self.first_drop = min(self.drops) if self.drops else num_layers
         capture = {layer - 1 for layer in self.drops} | set(self.drops)
         self.capture_layers = capture
@@ -95,11 +102,37 @@ class InLLMPruning:
         if is_prefill:
             self._reset()
             self.full_len = hidden.shape[1]
-            b = hidden.shape[0]
-            self.cols = torch.arange(self.full_len, device=hidden.device).expand(b, -1)
-            self.image_positions = self.image_slots.nonzero()[:, 1].view(b, -1)
+            rows = hidden.shape[0]
+            self.expand = self._expansion(hidden)
+            slots = self.image_slots.repeat_interleave(self.expand, dim=0)  # (r*B, S)
+            self.cols = torch.arange(self.full_len, device=hidden.device).expand(rows, -1)
+            self.image_positions = slots.nonzero()[:, 1].view(rows, -1)
             self.kept_tokens = [(0, self.image_positions.shape[1])]
         self._prefill = is_prefill
+
+    def _expansion(self, hidden: Tensor) -> int:
+        """r such that the prefill's rows (r*B, S, D) are HF's r identical copies of each of the B prompts."""
+        b, s = self.image_slots.shape
+        rows = hidden.shape[0]
+        if hidden.shape[1] != s:
+            raise ValueError(
+                f"the LLM prefill has {hidden.shape[1]} positions but in-LLM pruning was set up for {s}: "
+                "pass the spliced inputs of `PrunedVLM.prepare` unchanged to the model"
+            )
+        if rows % b != 0:
+            raise ValueError(
+                f"the LLM prefill has {rows} rows for {b} prompts: in-LLM pruning supports HF's batch expansion "
+                "(num_beams / num_return_sequences: a whole number of copies per prompt) and nothing else"
+            )
+        expand = rows // b
+        if expand > 1:
+            grouped = hidden.view(b, expand, *hidden.shape[1:])  # (B, r, S, D)
+            if not torch.equal(grouped, grouped[:, :1].expand_as(grouped)):
+                raise ValueError(
+                    f"the LLM prefill has {expand} rows per prompt that are not copies of one another: in-LLM "
+                    "pruning expects HF's repeat_interleave expansion (num_beams / num_return_sequences)"
+                )
+        return expand
 
     def _make_hook(self, index: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -126,19 +159,27 @@ class InLLMPruning:
         return _gather_seq(cos, self.cols, 1), _gather_seq(sin, self.cols, 1)
 
     def _drop(self, index: int, hidden: Tensor, kwargs: dict) -> Tensor:
-        valid = _gather_seq(self.valid, self.cols, 1)
-        view = LayerView(
+        r = self.expand
+        valid = _gather_seq(self.valid.repeat_interleave(r, dim=0), self.cols, 1)  # (r*B, S_j)
+        cos, sin = self._current_posemb(kwargs)
+        view = LayerView(  # the first copy of each prompt: what the method sees is its B prompts
             layer=index,
-            hidden_states=hidden,
-            image_positions=self.image_positions,
-            valid=valid,
-            layer_inputs=self.layer_inputs,
-            position_embeddings=self._current_posemb(kwargs),
+            hidden_states=hidden[::r],
+            image_positions=self.image_positions[::r],
+            valid=valid[::r],
+            layer_inputs={layer: x[::r] for layer, x in self.layer_inputs.items()},
+            position_embeddings=(cos[::r], sin[::r]),
             decoder=self.decoder,
             flops=self.flops,
         )
         with torch.no_grad():
             chosen = self.drops[index].choose(view)  # (B, k) indices into image_positions
+        if chosen.dim() != 2 or chosen.shape[0] != view.image_positions.shape[0]:
+            raise ValueError(
+                f"the drop before layer {index} chose {tuple(chosen.shape)} indices for "
+                f"{view.image_positions.shape[0]} samples: LayerDrop.choose must return (B, k)"
+            )
+        chosen = chosen.repeat_interleave(r, dim=0)  # (r*B, k): every copy keeps its prompt's choice
         b, s = valid.shape
         chosen_pos = self.image_positions.gather(1, chosen)
         keep = torch.ones(b, s, dtype=torch.bool, device=hidden.device)
