@@ -11,8 +11,9 @@ Score and budget (K = ctx.budget, `dominant_ratio` = 54/64, so 64 -> 54 + 10 as 
 2. C = K - D contextual tokens from the R = N - D remaining tokens, taken in index order: targets are
    the remaining tokens at positions 0, s, 2s, ... (s = max(1, R // C), first C of them); every other
    remaining token is assigned to its most similar target (cosine similarity of the layer -2 keys
-   averaged over heads; ties to the lower target), and the contextual token is the mean of the target
-   and its assigned tokens: (target + sum(assigned)) / (1 + count).
+   averaged over heads; ties to the lower target), and the contextual token is, as in the authors'
+   `clip_encoder.py`, the target plus the mean of its assigned tokens: target + sum(assigned) / max(count, 1)
+   (a target nothing is assigned to stays itself). 1-D example: target 1, assigned 2, 3, 4, 5 -> 1 + 3.5 = 4.5.
 Each kept index carries its feature in `merged`: a dominant token its own projected token, a contextual
 token the merged feature, placed at its target's index (so the sorted result keeps a spatial order).
 
@@ -24,8 +25,6 @@ Deliberate differences from the authors' code:
 - They merge in vision space (layer -2 hidden states) before the projector and append the contextual
   tokens after the dominant ones; we merge the projected tokens (the projector is nonlinear, so the
   merged features differ slightly) and place each contextual token at its target's position.
-- methods.md writes "contextual = target + mean(assigned)"; the authors' code (and this file) average
-  the target together with its assigned tokens, which keeps the token's scale.
 - Qwen2.5-VL has no CLS: `ctx.vision.cls_attention()` is the documented substitute (mean attention
   received under softmax(x x^T / sqrt(d)) over the merged tokens) and the keys are the merged tokens.
 - Batched over samples; topk ties broken deterministically (lower index).
@@ -130,13 +129,14 @@ class VisionZipPruner(PrePrunerBase):
         feats = tokens.float()
         target_feat = feats.gather(1, target_idx.unsqueeze(-1).expand(-1, -1, d_llm))  # (B, C, D_llm)
         other_feat = feats.gather(1, other_idx.unsqueeze(-1).expand(-1, -1, d_llm))  # (B, R - C, D_llm)
-        sums = target_feat.scatter_add(1, assign.unsqueeze(-1).expand(-1, -1, d_llm), other_feat)
-        counts = torch.ones(b, contextual, device=tokens.device).scatter_add(
+        sums = torch.zeros_like(target_feat).scatter_add(1, assign.unsqueeze(-1).expand(-1, -1, d_llm), other_feat)
+        counts = torch.zeros(b, contextual, device=tokens.device).scatter_add(
             1, assign, torch.ones_like(assign, dtype=torch.float)
         )
-        merged_ctx = (sums / counts.unsqueeze(-1)).to(tokens.dtype)  # (B, C, D_llm)
+        merged_ctx = (target_feat + sums / counts.clamp(min=1).unsqueeze(-1)).to(tokens.dtype)  # (B, C, D_llm)
         flops = access_flops(access, self.layer, cls=True, keys=True)
-        flops += 2.0 * b * (r - contextual) * contextual * dh + b * (r - contextual) * d_llm + b * contextual * d_llm
+        flops += 2.0 * b * (r - contextual) * contextual * dh  # similarities
+        flops += b * (r - contextual) * d_llm + 2.0 * b * contextual * d_llm  # sums, means, + target
 
         indices = torch.cat([dom_idx, target_idx], dim=1)  # (B, K)
         merged = torch.cat([dom_feat, merged_ctx], dim=1)  # (B, K, D_llm)

@@ -21,8 +21,8 @@ from tests.inputs import make_inputs
 def naive_visionzip(tokens, cls, keys, budget, ratio=54 / 64):
     """One sample. tokens (N, D) in LLM space, cls (N,), keys (N, dh) already averaged over heads.
 
-    Returns {kept index: feature}: dominant tokens keep their own token, each contextual token is the mean
-    of its target and the tokens assigned to it, at the target's index.
+    Returns {kept index: feature}: dominant tokens keep their own token, each contextual token is the authors'
+    target + mean(assigned tokens) (the target alone when nothing is assigned), at the target's index.
     """
     n = tokens.shape[0]
     dominant = int(budget * ratio + 0.5)
@@ -35,16 +35,17 @@ def naive_visionzip(tokens, cls, keys, budget, ratio=54 / 64):
     rest = [i for i in range(n) if i not in dom]
     step = max(1, len(rest) // contextual)
     targets = [rest[p] for p in range(0, len(rest), step)][:contextual]
-    groups = {t: [t] for t in targets}
+    groups = {t: [] for t in targets}
     unit = {i: keys[i].double() / keys[i].double().norm() for i in rest}
     for i in rest:
-        if i in groups:
+        if i in targets:
             continue
         sims = [float(unit[i] @ unit[t]) for t in targets]
         best = max(range(len(targets)), key=lambda q: (sims[q], -q))  # most similar, then lower target
         groups[targets[best]].append(i)
     for t, members in groups.items():
-        kept[t] = sum(tokens[i].double() for i in members) / len(members)
+        assigned = sum(tokens[i].double() for i in members) / len(members) if members else 0.0
+        kept[t] = tokens[t].double() + assigned
     return kept
 
 
@@ -53,6 +54,25 @@ def assert_matches(result, expected_per_sample):
         assert result.keep[b].tolist() == sorted(expected), f"sample {b}"
         for slot, index in enumerate(result.keep[b].tolist()):
             torch.testing.assert_close(result.merged[b, slot].double(), expected[index], atol=1e-5, rtol=1e-5)
+
+
+def test_contextual_token_is_target_plus_mean_of_assigned():
+    """The authors' 1-D example: target 1 with assigned 2, 3, 4, 5 -> 1 + 3.5 = 4.5 (the old average gave 3.0)."""
+    tokens = torch.tensor([[[9.0], [1.0], [2.0], [3.0], [4.0], [5.0]]])  # (1, 6, 1); token 0 is dominant
+    cls = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    keys = torch.tensor([[9.0, 1.0], [1.0, 0.0], [1.0, 0.1], [1.0, 0.2], [1.0, 0.3], [1.0, 0.4]])  # one direction
+    ctx = PruneContext(
+        image_tokens=tokens,
+        vision_features=tokens,
+        text_embeds=torch.zeros(1, 1, 1),
+        text_mask=torch.ones(1, 1, dtype=torch.bool),
+        budget=2,
+        grid=(1, 6),
+        vision=TokenAccess(cls, keys.view(1, 1, 6, 2), has_cls=False),
+    )
+    result = PRUNERS.create("visionzip", dominant_ratio=0.5).select(ctx)
+    assert result.keep.tolist() == [[0, 1]]
+    assert result.merged[0, :, 0].tolist() == [9.0, 4.5]
 
 
 def test_split_budget():
@@ -101,7 +121,8 @@ def test_selection_flops_equal_flop_counter(llava64, budget):
     measured = measured_forward_flops(lambda: results.append(PRUNERS.create("visionzip").select(ctx)))
     b, n, d_llm = ctx.image_tokens.shape
     dominant, _ = split_budget(budget, 54 / 64)
-    merge = b * (n - dominant) * d_llm if dominant < budget else 0
+    contextual = budget - dominant
+    merge = b * (n - dominant + contextual) * d_llm if contextual else 0  # sums, means, + target
     assert results[0].selection_flops == measured + merge
 
 
