@@ -19,12 +19,14 @@ Score at the drop before layer k: the softmax attention of layer k (its input no
 states entering it, causal + padding masked: `view.attention_rows(k, raters)`) from each rater to each surviving
 visual token, averaged over heads and raters. Keep the top k_i; ties go to the lower index (stable sort).
 
-Budget rule: the authors' fixed schedules for N = 576 — budget 64 -> 66/30/17 tokens kept at the three drops,
+Budget rule: the authors' v1 table (`sparse_token_dict` in their current `llava/model/language_model/score.py`,
+for N = 576) wherever it has an entry — budget 64 -> 66/30/17 tokens kept at the three drops, 96 -> 238/48/26,
 128 -> 303/110/36, 192 -> 300/200/110 — reproduced exactly. Any other (N, budget): the budget is mapped to the
 576 scale (b = budget * 576 / N), each stage's count is interpolated linearly in b between the anchors
-(0 -> 0/0/0, the three schedules, 576 -> 576/576/576), scaled by N / 576, rounded half up, clamped to 1..N and
-kept non-increasing. The budget is therefore a layer-averaged "equivalent tokens" target, as in the paper:
-(2 * 576 + 4 * k1 + 9 * k2 + 17 * k3) / 32 = 61.7 / 123.9 / 188.2 for 64 / 128 / 192; the final count is
+(0 -> 0/0/0, the four schedules, 576 -> 576/576/576), scaled by N / 576, rounded half up, clamped to 1..N and
+kept non-increasing (so a scaled budget that lands on a table entry, e.g. N = 144 with budget 24, gets that
+entry scaled). The budget is therefore a layer-averaged "equivalent tokens" target, as in the paper:
+(2 * 576 + 4 * k1 + 9 * k2 + 17 * k3) / 32 = 61.7 / 93.1 / 123.9 / 188.2 for 64 / 96 / 128 / 192; the final count is
 below the budget. `schedule()` gives the plan; the session reports `visual_tokens_per_stage`.
 
 FLOPs: the q/k projections and attention rows are counted by the `LayerView`; the relevance products
@@ -37,10 +39,11 @@ Differences from the authors' code (Gumpest/SparseVLMs): batched with left paddi
 offsets passed in); the attention row is computed explicitly from layer k's q/k so the model keeps SDPA; layer k
 itself already runs on the survivors (the authors run layer k on all tokens, then prune its output — the scores
 are the same, layer k's attention); k_i = min(schedule, surviving) where they force at least one drop
-(v_token_num - 1); the schedule follows the budget (their published score.py applies the 128 list whatever
-the budget); kept tokens keep their original rotary positions (theirs truncate position ids, i.e. compact);
-the recycling step (top 30% of the deleted tokens clustered into extra merged tokens) is not implemented, since
-a LayerDrop can only select tokens, not insert new ones.
+(v_token_num - 1); their table has only the four budgets (another RETAIN_TOKN is a KeyError there) and a v2
+table (USE_VERSION=2_0) we do not use; we interpolate between its entries; kept tokens keep their original
+rotary positions (theirs truncate position ids, i.e. compact); the recycling step (top 30% of the deleted
+tokens clustered into extra merged tokens) is not implemented, since a LayerDrop can only select tokens, not insert
+new ones.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from steprune.pruners.registry import PRUNERS
 ANCHORS_576: tuple[tuple[int, tuple[int, int, int]], ...] = (
     (0, (0, 0, 0)),
     (64, (66, 30, 17)),
+    (96, (238, 48, 26)),
     (128, (303, 110, 36)),
     (192, (300, 200, 110)),
     (576, (576, 576, 576)),

@@ -182,6 +182,19 @@ def test_every_drop_matches_hand_attention(llava, mode):
             cols = [c for c in cols if c not in dropped]
 
 
+AUTHORS_V1_TABLE = {192: [300, 200, 110], 128: [303, 110, 36], 96: [238, 48, 26], 64: [66, 30, 17]}  # score.py, v1
+
+
+@pytest.mark.parametrize("budget", sorted(AUTHORS_V1_TABLE))
+def test_every_entry_of_the_authors_table_is_used_exactly(budget):
+    assert SparseVLMPruner().schedule(576, 32, budget) == list(zip((2, 6, 15), AUTHORS_V1_TABLE[budget], strict=True))
+
+
+def test_between_table_entries_interpolates():
+    assert SparseVLMPruner().schedule(576, 32, 80) == [(2, 152), (6, 39), (15, 22)]  # halfway between 64 and 96
+    assert SparseVLMPruner().schedule(144, 32, 24) == [(2, 60), (6, 12), (15, 7)]  # the 96 entry scaled by 1/4
+
+
 def test_authors_schedules_and_scaling():
     pruner = SparseVLMPruner()
     assert pruner.schedule(576, 32, 64) == [(2, 66), (6, 30), (15, 17)]
