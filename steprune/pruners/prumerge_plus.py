@@ -11,8 +11,10 @@ Selection, per sample (vectorised over the batch):
    `numpy.percentile`); n_out of them.
 2. Uniform tokens, as the authors: step = floor(N / max(n_out, 1)), stride = max(floor(step / 3), 1),
    every token whose index is a multiple of the stride (about 3 * n_out tokens; PruMerge+ ~ 4x PruMerge).
-3. Cap at `ctx.budget`: if n_out >= budget, the top-`budget` outliers only; otherwise the stride is
-   widened to at least ceil(N / (budget - n_out)), so outliers + uniform tokens <= budget.
+3. Cap at `ctx.budget` (ours; the authors have no budget): when outliers + uniform tokens fit in the budget,
+   that set is kept exactly as the authors' rule gives it (so budget = N never removes a token the method
+   keeps); otherwise, if n_out >= budget, the top-`budget` outliers only; else the stride is widened to the
+   smallest s >= the authors' stride with |outliers + multiples of s| <= budget (s = N always fits: index 0).
    Ties (top-k) go to the lower index.
 4. Merge: for each kept token i, its `neighbours` (32) most similar *other* tokens by cosine similarity of
    the last vision layer's keys (all heads concatenated, CLS dropped; on Qwen the merged tokens
@@ -55,10 +57,14 @@ def adaptive_keep(scores: Tensor, budget: int) -> tuple[Tensor, Tensor]:
     outlier = scores > (q3 + 1.5 * (q3 - q1)).unsqueeze(1)  # (B, N)
     n_out = outlier.sum(dim=1)  # (B,)
     step = n // n_out.clamp(min=1)
-    stride = (step // 3).clamp(min=1)
-    room = (budget - n_out).clamp(min=1)
-    stride = torch.maximum(stride, (n + room - 1) // room)  # ceil(N / room) multiples fit in the room
+    authors_stride = (step // 3).clamp(min=1)  # (B,)
     index = torch.arange(n, device=scores.device)
+    strides = index + 1  # (N,) every candidate stride 1..N
+    multiples = (index.view(1, -1) % strides.view(-1, 1)) == 0  # (N strides, N tokens)
+    count = (outlier.unsqueeze(1) | multiples.unsqueeze(0)).sum(dim=2)  # (B, N strides): |outliers + multiples|
+    fits = (strides.view(1, -1) >= authors_stride.view(-1, 1)) & (count <= budget)
+    # the authors' stride when its set fits, else the smallest wider one that fits (stride N when none: n_out >= K)
+    stride = torch.where(fits.any(dim=1), strides[fits.long().argmax(dim=1)], n)
     uniform = (index.view(1, -1) % stride.view(-1, 1)) == 0
     chosen = outlier | uniform
     # too many outliers: the top-`budget` of them, no uniform tokens

@@ -44,9 +44,10 @@ def naive_prumerge_plus(attn, keys, tokens, budget, neighbours=32):
         outliers = [i for i in range(n) if a[i] > q3 + 1.5 * (q3 - q1)]
         if len(outliers) >= budget:
             kept = sorted(sorted(range(n), key=lambda i: (-a[i], i))[:budget])
-        else:
+        else:  # the authors' stride; widened one step at a time only while their set exceeds the budget
             stride = max((n // max(len(outliers), 1)) // 3, 1)
-            stride = max(stride, math.ceil(n / (budget - len(outliers))))
+            while len(set(outliers) | set(range(0, n, stride))) > budget:
+                stride += 1
             kept = sorted(set(outliers) | set(range(0, n, stride)))
         assert len(kept) <= budget
         total = sum(a)
@@ -119,6 +120,33 @@ def test_matches_naive_with_ragged_k(budget):
     assert bool((result.lengths <= budget).all())
     assert PruMergePlusPruner.adaptive and not PruMergePlusPruner.reads_text
     assert result.selection_flops > 0
+
+
+def test_budget_n_keeps_what_the_authors_keep():
+    """Many outliers make the authors' stride 1 (N // n_out // 3 = 1): at budget = N every token is kept (the old
+    cap widened the stride to ceil(N / (N - n_out)) = 2 and dropped half the uniform tokens)."""
+    n = 24
+    attn = torch.zeros(1, n)
+    attn[0, [2, 7, 11, 13, 19]] = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5])  # 5 outliers over IQR 0; step 4 -> stride 1
+    keys = torch.randn(1, 1, 1 + n, 4, generator=torch.Generator().manual_seed(0))
+    tokens = torch.randn(1, n, 8, generator=torch.Generator().manual_seed(1))
+    for budget in (n, 23, 17):
+        ctx = PruneContext(
+            image_tokens=tokens,
+            vision_features=tokens,
+            text_embeds=torch.zeros(1, 1, 8),
+            text_mask=torch.ones(1, 1, dtype=torch.bool),
+            budget=budget,
+            grid=(4, 6),
+            vision=FakeAccess(attn, keys),
+        )
+        result = PruMergePlusPruner(neighbours=3).select(ctx)
+        ref = naive_prumerge_plus(attn, keys[:, :, 1:].transpose(1, 2).flatten(2), tokens, budget, neighbours=3)
+        assert_matches(result, ref)
+        if budget == n:
+            assert result.keep_mask.sum().item() == n
+        else:  # 23 and 17: stride 2, the 12 even indices + the 4 odd outliers (7, 11, 13, 19)
+            assert result.keep_mask.sum().item() == 16
 
 
 @pytest.fixture(scope="module")
