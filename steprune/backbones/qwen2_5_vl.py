@@ -3,18 +3,39 @@
 Positions are computed by the model's own `get_rope_index` on the unpruned sequence and sliced to the
 kept tokens, so decoding continues at max(kept position) + 1 (generate extends the last column).
 All images in a batch must share one grid (same resized size); vision-space features are the merged
-tokens themselves (the tower has no CLS; see `TokenSimilarityAccess`).
+tokens themselves. The tower has no CLS: methods that score by CLS attention get the HoloV authors' score, the
+attention each merged token receives in the tower's last block (`QwenVisionAccess`), from the inputs that block
+was called with (an instance pre-hook held for the one call, then removed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from steprune.backbones.base import BackboneAdapter, VisionOutput
-from steprune.backbones.vision_access import TokenSimilarityAccess
+from steprune.backbones.vision_access import QwenVisionAccess, window_order
+
+
+@contextmanager
+def capture_block_call(block: nn.Module) -> Iterator[dict[str, Any]]:
+    """Record the hidden states, `cu_seqlens` and position embeddings `block` is called with (one call)."""
+    seen: dict[str, Any] = {}
+
+    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        seen["hidden_states"] = args[0] if args else kwargs["hidden_states"]
+        seen["cu_seqlens"] = args[1] if len(args) > 1 else kwargs["cu_seqlens"]
+        seen["position_embeddings"] = kwargs["position_embeddings"]
+
+    handle = block.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 class Qwen2_5_VLAdapter(BackboneAdapter):
@@ -44,11 +65,17 @@ class Qwen2_5_VLAdapter(BackboneAdapter):
             raise ValueError(
                 f"{pixel_values.shape[0]} patches for image_grid_thw {grids}: pixel_values and grids disagree"
             )
-        out = self.model.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        visual = self.model.model.visual
+        with capture_block_call(visual.blocks[-1]) as last:
+            out = self.model.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
         tokens = out.pooler_output
         tokens = torch.stack(list(tokens), dim=0)  # (B, N, D_llm)
         grid = (t * h // self.merge_size, w // self.merge_size)
-        return VisionOutput(tokens, tokens, grid, TokenSimilarityAccess(tokens))
+        order = window_order(image_grid_thw, self.merge_size, vision_cfg.window_size, vision_cfg.patch_size)
+        access = QwenVisionAccess(
+            tokens, visual.blocks[-1], last["hidden_states"], last["cu_seqlens"], last["position_embeddings"], order
+        )
+        return VisionOutput(tokens, tokens, grid, access)
 
     def full_positions(self, input_ids: Tensor, attention_mask: Tensor, **inputs: Any) -> Tensor:
         mm_types = inputs.get("mm_token_type_ids")

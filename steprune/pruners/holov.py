@@ -1,11 +1,17 @@
 """HoloV (NeurIPS 2025): spread the budget over contiguous chunks by a holistic chunk score.
 
-    PRUNERS.create("holov", chunks=16).select(ctx)
+    PRUNERS.create("holov").select(ctx)            # 16 chunks on LLaVA, the authors' rule on Qwen2.5-VL
 
 Where it runs: after the projector, before the LLM. It reads the projected tokens `ctx.image_tokens`
-and the CLS -> patch attention of vision layer -2, averaged over heads (`ctx.vision.cls_attention`).
+and the CLS -> patch attention of vision layer -2, averaged over heads (`ctx.vision.cls_attention`); on
+Qwen2.5-VL (no CLS) the authors' score, the attention each merged token receives in the tower's last block
+(`QwenVisionAccess`).
 
-Score. The N tokens (row-major) are cut into `chunks` contiguous chunks with `torch.tensor_split`
+Chunks (`chunks=None`, the default, follows the authors): 16 on a CLS tower (LLaVA, their `utils.HoloV` call);
+on a CLS-less tower (Qwen2.5-VL) their Qwen rule max(1, int((1024 / 576) * N / K)) — 1024/576 ~ 1.78, e.g.
+16 chunks at K = N / 9. An int is used on every tower.
+
+Score. The N tokens (row-major) are cut into C contiguous chunks with `torch.tensor_split`
 semantics (the first N % chunks chunks get one token more; at most N chunks). With a_i = 1e3 times the
 attention of token i and S the cosine-similarity matrix of the chunk's n tokens, the *within-chunk
 similarity variance* of token i is the variance of its n - 1 off-diagonal entries,
@@ -28,7 +34,8 @@ Deliberate differences from the authors' code (obananas/HoloV `utils.HoloV`):
 - They round with floor + one extra token for each of the top-weight chunks and drop the overflow of full
   chunks, then zero-pad to K; we use largest remainders and redistribute, so exactly K real tokens.
 - Per-sample Python loops -> batched; chunks padded to the largest chunk size.
-- Qwen2.5-VL has no CLS: `cls_attention` is the documented substitute (mean attention received).
+- Qwen2.5-VL: their scores stay in the tower's window order while the tokens are in spatial order (see
+  `QwenVisionAccess`); ours follow the tokens.
 """
 
 from __future__ import annotations
@@ -50,6 +57,11 @@ def chunk_sizes(num_tokens: int, chunks: int) -> list[int]:
     """Sizes of `torch.tensor_split(range(num_tokens), min(chunks, num_tokens))`."""
     c = min(chunks, num_tokens)
     return [num_tokens // c + (1 if i < num_tokens % c else 0) for i in range(c)]
+
+
+def authors_chunks(num_tokens: int, budget: int, has_cls: bool) -> int:
+    """The authors' chunk count: 16 on LLaVA (CLS tower); max(1, int((1024 / 576) * N / K)) on Qwen2.5-VL."""
+    return 16 if has_cls else max(1, int((1024 / 576) * num_tokens / budget))
 
 
 def ranks(scores: Tensor) -> Tensor:
@@ -95,13 +107,13 @@ class HoloVPruner(PrePrunerBase):
 
     def __init__(
         self,
-        chunks: int = 16,
+        chunks: int | None = None,
         weight: float = 0.09,
         variance_scale: Literal["attention", "minmax"] = "attention",
         layer: int = -2,
     ) -> None:
-        if chunks < 1:
-            raise ValueError(f"chunks must be >= 1, got {chunks}")
+        if chunks is not None and chunks < 1:
+            raise ValueError(f"chunks must be >= 1 (or None: the authors' rule), got {chunks}")
         if variance_scale not in ("attention", "minmax"):
             raise ValueError(f"variance_scale must be 'attention' or 'minmax', got {variance_scale!r}")
         self.chunks = chunks
@@ -113,7 +125,8 @@ class HoloVPruner(PrePrunerBase):
         access = require_vision(ctx, "holov")
         b, n, d = ctx.image_tokens.shape
         device = ctx.device
-        sizes_list = chunk_sizes(n, self.chunks)
+        chunks = authors_chunks(n, ctx.budget, access.has_cls) if self.chunks is None else self.chunks
+        sizes_list = chunk_sizes(n, chunks)
         c, s = len(sizes_list), max(sizes_list)
         sizes = torch.tensor(sizes_list, device=device)  # (C,)
         starts = sizes.cumsum(0) - sizes

@@ -3,8 +3,8 @@
 Where: after the vision tower and projector, before the LLM (`select`); adaptive, K <= budget per sample.
 
 Score: CLS -> patch attention of the **last** vision layer, mean over heads
-(`ctx.vision.cls_attention(layer=-1, reduce="mean")`; on Qwen2.5-VL, which has no CLS, the documented
-substitute of `TokenSimilarityAccess`: mean attention received).
+(`ctx.vision.cls_attention(layer=-1, reduce="mean")`; on Qwen2.5-VL, which has no CLS, the HoloV authors'
+score: the attention each merged token receives in the tower's last block, `QwenVisionAccess`).
 
 Selection, per sample (vectorised over the batch):
 1. Outliers: tokens whose score is above Q3 + 1.5 IQR (quartiles with linear interpolation, as

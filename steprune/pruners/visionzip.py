@@ -25,8 +25,8 @@ Deliberate differences from the authors' code:
 - They merge in vision space (layer -2 hidden states) before the projector and append the contextual
   tokens after the dominant ones; we merge the projected tokens (the projector is nonlinear, so the
   merged features differ slightly) and place each contextual token at its target's position.
-- Qwen2.5-VL has no CLS: `ctx.vision.cls_attention()` is the documented substitute (mean attention
-  received under softmax(x x^T / sqrt(d)) over the merged tokens) and the keys are the merged tokens.
+- Qwen2.5-VL has no CLS: `ctx.vision.cls_attention()` is the HoloV authors' Qwen score (the attention each
+  merged token receives in the tower's last block, `QwenVisionAccess`) and the keys are the merged tokens.
 - Batched over samples; topk ties broken deterministically (lower index).
 """
 
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from steprune.backbones.vision_access import ClipVisionAccess, TokenSimilarityAccess, VisionAccess
+from steprune.backbones.vision_access import ClipVisionAccess, QwenVisionAccess, VisionAccess
 from steprune.pruners.contract import PrePrunerBase, PruneContext, PruneResult
 from steprune.pruners.registry import PRUNERS
 
@@ -56,16 +56,16 @@ def access_flops(access: VisionAccess, layer: int, cls: bool = False, keys: bool
 
     CLIP: the first read of a layer projects q and k on all S tokens (2 * 2 S D^2) and `ClipVisionAccess`
     caches them, so they count once whichever of the two reads a method makes; `cls` adds the CLS score
-    row (2 S D). Token-similarity substitute: the full N x N score matrix (2 N^2 D) for `cls`, nothing for
-    `keys`. Unknown accesses count 0. Counted as a method's own cost (as on a fresh access).
+    row (2 S D). Qwen2.5-VL: the last block's q/k and q k^T within its segments (`score_flops`) for `cls`,
+    nothing for `keys` (the merged tokens). Unknown accesses count 0. Counted as a method's own cost (as on a
+    fresh access).
     """
     if isinstance(access, ClipVisionAccess):
         b, s, d = access.hidden_states[layer % len(access.layers)].shape
         projections = 4.0 * b * s * d * d if cls or keys else 0.0
         return projections + (2.0 * b * s * d if cls else 0.0)
-    if isinstance(access, TokenSimilarityAccess):
-        b, n, d = access.tokens.shape
-        return 2.0 * b * n * n * d if cls else 0.0
+    if isinstance(access, QwenVisionAccess):
+        return access.score_flops() if cls else 0.0
     return 0.0
 
 

@@ -1,5 +1,6 @@
 """HoloV: batched chunk scoring + allocation == a naive per-sample, per-chunk reference (loops), on random
-tensors and on the tiny LLaVA with CLS attention from an eager tower; Qwen2.5-VL substitute; generate."""
+tensors and on the tiny LLaVA with CLS attention from an eager tower; Qwen2.5-VL: the authors' score and
+chunk rule; generate."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from steprune.backbones.tiny import tiny_llava
 from steprune.pruners import PRUNERS, PruneContext
 from steprune.pruners.holov import allocate
 from tests.inputs import make_inputs
+from tests.qwen_reference import authors_qwen_score
 
 EPS = 1e-6
 
@@ -160,20 +162,29 @@ def test_tiny_llava_matches_naive_with_eager_attention(llava64, budget):
         assert prepared.result.keep[b].tolist() == expected
 
 
-def test_qwen_uses_the_token_similarity_substitute(qwen):
+def test_qwen_uses_the_authors_score_and_chunk_rule(qwen):
+    """On Qwen2.5-VL: the authors' last-block received attention, and their chunk count max(1, int(1024/576 N/K))
+    (N = 16: K = 6 -> 4 chunks, K = 2 -> 14, K = 16 -> 1); an explicit `chunks` overrides the rule."""
     model, processor = qwen
     inputs = make_inputs(processor)
-    prepared = PrunedVLM(model, processor, method="holov", budget=6, chunks=4).prepare(**inputs)
-    x = prepared.context.image_tokens.double()
+    received = authors_qwen_score(model, inputs)
+    for budget, chunks in [(6, 4), (2, 14), (16, 1), (9, 3)]:
+        assert max(1, int((1024 / 576) * 16 / budget)) == chunks
+        prepared = PrunedVLM(model, processor, method="holov", budget=budget).prepare(**inputs)
+        for b in range(2):
+            expected = naive_holov(prepared.context.image_tokens[b], received[b], budget, chunks=chunks)
+            assert prepared.result.keep[b].tolist() == expected
+    explicit = PrunedVLM(model, processor, method="holov", budget=6, chunks=16).prepare(**inputs)
     for b in range(2):
-        n = x.shape[1]
-        rows = [
-            torch.softmax(torch.stack([x[b, i] @ x[b, j] for j in range(n)]) / math.sqrt(x.shape[-1]), dim=0)
-            for i in range(n)
-        ]
-        received = torch.stack(rows).mean(dim=0)  # mean attention each token receives
-        expected = naive_holov(prepared.context.image_tokens[b], received, 6, chunks=4)
-        assert prepared.result.keep[b].tolist() == expected
+        expected = naive_holov(explicit.context.image_tokens[b], received[b], 6, chunks=16)
+        assert explicit.result.keep[b].tolist() == expected
+
+
+def test_llava_keeps_16_chunks_whatever_the_budget():
+    ctx = random_context(seed=3, n=64, budget=4)
+    result = PRUNERS.create("holov").select(ctx)
+    for b in range(3):
+        assert result.keep[b].tolist() == naive_holov(ctx.image_tokens[b], ctx.vision.cls[b], 4, chunks=16)
 
 
 def test_text_free_changes_nothing():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 
 import numpy as np
 import PIL.Image
@@ -18,6 +17,7 @@ from steprune.eval.flops import measured_forward_flops
 from steprune.pruned_vlm import PrunedVLM
 from steprune.pruners import PRUNERS, PruneContext
 from steprune.pruners.prumerge_plus import PruMergePlusPruner
+from tests.qwen_reference import authors_qwen_score
 
 QUESTIONS = ("What colour is it?", "How many objects are there in the whole scene today?")
 
@@ -186,13 +186,13 @@ def test_llava_matches_naive_on_eager_cls_attention(llava64):
     assert new.shape == (2, 3)
 
 
-def test_qwen_substitute_matches_naive_and_generates():
+def test_qwen_uses_the_authors_score_and_generates():
     model, processor = tiny_qwen2_5_vl()
     batch = make_inputs(processor, 32)
     vlm = PrunedVLM(model, processor, method="prumerge_plus", budget=8)
     prepared = vlm.prepare(**batch)
-    x = prepared.context.image_tokens.float()  # (B, N, D): the merged tokens
-    attn = (x @ x.transpose(1, 2) / math.sqrt(x.shape[-1])).softmax(dim=-1).mean(dim=1)  # attention received
+    x = prepared.context.image_tokens.float()  # (B, N, D): the merged tokens (keys and merged features)
+    attn = authors_qwen_score(model, batch)  # the HoloV authors' last-block received attention
     assert_matches(prepared.result, naive_prumerge_plus(attn, x, x, 8))
     assert vlm.generate(**batch, max_new_tokens=3).shape == (2, 3)
     assert "prumerge_plus" in PRUNERS

@@ -16,6 +16,7 @@ from steprune.eval.flops import measured_forward_flops
 from steprune.pruners import PRUNERS, PruneContext
 from steprune.pruners.visionzip import split_budget
 from tests.inputs import make_inputs
+from tests.qwen_reference import authors_qwen_score
 
 
 def naive_visionzip(tokens, cls, keys, budget, ratio=54 / 64):
@@ -165,12 +166,14 @@ def test_random_tensors_match_naive(has_cls, budget):
     assert torch.equal(free.keep, result.keep) and not PRUNERS.get("visionzip").reads_text
 
 
-def test_qwen_substitute_matches_naive(qwen):
+def test_qwen_uses_the_authors_score(qwen):
+    """Qwen2.5-VL: dominant tokens by the attention received in the tower's last block (the HoloV authors' score,
+    naive reference); keys are the merged tokens."""
     model, processor = qwen
     inputs = make_inputs(processor)
     prepared = PrunedVLM(model, processor, method="visionzip", budget=8).prepare(**inputs)
     x = prepared.context.image_tokens
-    scores = (x.float() @ x.float().transpose(1, 2) / x.shape[-1] ** 0.5).softmax(dim=-1).mean(dim=1)  # received
+    scores = authors_qwen_score(model, inputs)
     expected = [naive_visionzip(x[b], scores[b], x[b], 8) for b in range(2)]
     assert_matches(prepared.result, expected)
 
