@@ -14,6 +14,8 @@ instance hooks that are removed when the call returns.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +25,7 @@ from transformers import PreTrainedModel
 
 from steprune.backbones import BackboneAdapter, VisionOutput, adapter_for
 from steprune.backbones.in_llm import InLLMPruning
-from steprune.backbones.splice import PositionPolicy, SplicedInputs
+from steprune.backbones.splice import POSITION_POLICIES, PositionPolicy, SplicedInputs
 from steprune.pruners import PRUNERS, PruneContext, Pruner, PruneResult
 
 
@@ -54,6 +56,91 @@ class SelectionReport:
     selection_flops: float
 
 
+def check_budget_argument(budget: object) -> None:
+    """A budget is a positive int or None (every visual token); raised before any model is loaded."""
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)):
+        raise TypeError(f"budget must be an int or None, got {type(budget).__name__}")
+    if budget is not None and budget <= 0:
+        raise ValueError(f"budget must be positive (visual tokens to keep) or None for all of them, got {budget}")
+
+
+def check_seed(seed: object) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+
+
+def create_pruner(method: str | Pruner, method_kwargs: dict[str, Any]) -> Pruner:
+    """The pruner `method` names, its keyword arguments checked against its constructor (valid ones listed)."""
+    if not isinstance(method, str):
+        if not isinstance(method, Pruner):
+            raise TypeError(f"method must be a registered name or a Pruner, got {type(method).__name__}")
+        if method_kwargs:
+            raise TypeError(
+                f"method kwargs {sorted(method_kwargs)} are only accepted with a method name: "
+                "configure a Pruner instance through its own constructor"
+            )
+        return method
+    cls = PRUNERS.get(method)
+    if method_kwargs.get("trust_remote_code"):
+        raise ValueError(
+            "trust_remote_code=True is not supported: steprune loads models with trust_remote_code=False and never "
+            "runs code from the Hub; use a checkpoint of a supported family (LLaVA-1.5, Qwen2.5-VL) in transformers"
+        )
+    method_kwargs = {k: v for k, v in method_kwargs.items() if k != "trust_remote_code"}
+    parameters = inspect.signature(cls.__init__).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    valid = [name for name, p in parameters.items() if name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD]
+    unknown = sorted(set(method_kwargs) - set(valid))
+    if unknown and not accepts_any:
+        hints = [
+            f"{name!r} -> {close[0]!r}" for name in unknown if (close := difflib.get_close_matches(name, valid, 1))
+        ]
+        hint = f" Did you mean {', '.join(hints)}?" if hints else ""
+        raise TypeError(
+            f"method {cls.name!r} takes no argument(s) {', '.join(map(repr, unknown))}.{hint} "
+            f"Its arguments: {', '.join(valid) or '(none)'}. Not the method's: budget, position_policy, text_free "
+            "(PrunedVLM also seed; from_pretrained also dtype, device_map)"
+        )
+    return cls(**method_kwargs)
+
+
+def check_batch(input_ids: Tensor, attention_mask: Tensor, image_token_id: int, inputs: dict[str, Any]) -> None:
+    """Refuse, at the boundary, a batch that would otherwise fail deep inside the model or give garbage."""
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+        raise ValueError(
+            f"input_ids must be a (B, L) tensor from the processor, got {getattr(input_ids, 'shape', input_ids)}"
+        )
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(
+            f"empty batch: input_ids has shape {tuple(input_ids.shape)}; pass at least one prompt with its image"
+        )
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}: "
+            "pass the processor's attention_mask with its input_ids"
+        )
+    present = attention_mask.bool()  # (B, L)
+    empty = (~present.any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"attention_mask is all zeros for sample(s) {empty}: nothing of those prompts would be read; pass the "
+            "processor's attention_mask (1 on real tokens, 0 on padding only)"
+        )
+    hidden = ((input_ids == image_token_id) & ~present).any(dim=1).nonzero().flatten().tolist()
+    if hidden:
+        raise ValueError(
+            f"attention_mask is 0 on image placeholder tokens of sample(s) {hidden}: the image would be masked out; "
+            "pass the processor's attention_mask (1 on real tokens, 0 on padding only)"
+        )
+    pixels = inputs.get("pixel_values")
+    if isinstance(pixels, Tensor) and pixels.is_floating_point() and not bool(torch.isfinite(pixels).all()):
+        nan, inf = int(pixels.isnan().sum()), int(pixels.isinf().sum())
+        raise ValueError(
+            f"pixel_values hold {nan} NaN and {inf} infinite values: the model would answer garbage; check how the "
+            "images were loaded and normalised (use the model's processor on real RGB images)"
+        )
+
+
 class PrunedVLM:
     """One frozen MLLM + one pruning method + one budget."""
 
@@ -68,21 +155,14 @@ class PrunedVLM:
         seed: int = 0,
         **method_kwargs: Any,
     ) -> None:
+        check_budget_argument(budget)
+        check_seed(seed)
+        if position_policy not in POSITION_POLICIES:
+            raise ValueError(f"position_policy must be one of {POSITION_POLICIES}, got {position_policy!r}")
+        self.adapter: BackboneAdapter = adapter_for(model)
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
-        self.adapter: BackboneAdapter = adapter_for(model)
-        if isinstance(method, str):
-            self.pruner: Pruner = PRUNERS.create(method, **method_kwargs)
-        elif isinstance(method, Pruner):
-            if method_kwargs:
-                raise TypeError("method kwargs are only accepted with a method name")
-            self.pruner = method
-        else:
-            raise TypeError(f"method must be a registered name or a Pruner, got {type(method).__name__}")
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)):
-            raise TypeError(f"budget must be an int or None, got {type(budget).__name__}")
-        if budget is not None and budget <= 0:
-            raise ValueError(f"budget must be positive, got {budget}")
+        self.pruner: Pruner = create_pruner(method, method_kwargs)
         self.budget = budget
         self.position_policy = position_policy
         self.text_free = text_free
@@ -100,16 +180,25 @@ class PrunedVLM:
         text_free: bool = False,
         **method_kwargs: Any,
     ) -> PrunedVLM:
-        """Load processor + model from a local directory or a hub id (`trust_remote_code` stays off)."""
+        """Load processor + model from a local directory or a hub id (`trust_remote_code` stays off).
+
+        Everything that can be checked without the weights is checked first: the path (a local path that does
+        not exist is never looked up on the Hub), the budget, the method and its keyword arguments.
+        """
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        if isinstance(method, str):
-            PRUNERS.get(method)  # fail fast on a typo, before loading gigabytes
-        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=False)
+        from steprune.base_location import resolve_pretrained
+
+        source = resolve_pretrained(name_or_path)
+        check_budget_argument(budget)
+        if position_policy not in POSITION_POLICIES:
+            raise ValueError(f"position_policy must be one of {POSITION_POLICIES}, got {position_policy!r}")
+        pruner = create_pruner(method, method_kwargs)  # before loading gigabytes: typos, kwargs, weights files
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
         model = AutoModelForImageTextToText.from_pretrained(
-            name_or_path, dtype=dtype, device_map=device_map, trust_remote_code=False
+            source, dtype=dtype, device_map=device_map, trust_remote_code=False
         )
-        return cls(model, processor, method, budget, position_policy, text_free, **method_kwargs)
+        return cls(model, processor, pruner, budget, position_policy, text_free)
 
     # ------------------------------------------------------------------------------------------------
     def context(self, input_ids: Tensor, attention_mask: Tensor, vision: VisionOutput) -> PruneContext:
@@ -133,6 +222,7 @@ class PrunedVLM:
     def prepare(self, input_ids: Tensor, attention_mask: Tensor | None = None, **inputs: Any) -> Prepared:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        check_batch(input_ids, attention_mask, self.adapter.image_token_id, inputs)
         vision = self.adapter.encode_images(**inputs)
         if vision.image_tokens.shape[0] != input_ids.shape[0]:
             raise ValueError(

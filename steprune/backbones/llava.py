@@ -28,10 +28,11 @@ class LlavaAdapter(BackboneAdapter):
             raise ValueError("LLaVA needs `pixel_values` from its processor")
         config = self.model.config
         size = config.vision_config.image_size
-        if pixel_values.dim() != 4 or tuple(pixel_values.shape[-2:]) != (size, size):
+        channels = config.vision_config.num_channels
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (channels, size, size):
             raise ValueError(
-                f"pixel_values of shape {tuple(pixel_values.shape)}: this model takes (B, 3, {size}, {size}); "
-                "resize images with the model's processor"
+                f"pixel_values of shape {tuple(pixel_values.shape)}: this model takes (B, {channels}, {size}, {size}); "
+                "convert images to RGB and resize them with the model's processor"
             )
         tower = self.vision_tower
         dtype = next(tower.parameters()).dtype

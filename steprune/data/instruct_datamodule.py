@@ -99,7 +99,9 @@ class InstructDataModule(L.LightningDataModule):
         if self._processor is None:
             from transformers import AutoProcessor
 
-            self._processor = AutoProcessor.from_pretrained(self.hparams.backbone)
+            from steprune.base_location import resolve_pretrained
+
+            self._processor = AutoProcessor.from_pretrained(resolve_pretrained(self.hparams.backbone))
         return self._processor
 
     def train_dataloader(self) -> DataLoader:

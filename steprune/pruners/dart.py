@@ -39,7 +39,7 @@ from torch import Tensor
 
 from steprune.backbones.layer_view import LayerView
 from steprune.pruners.contract import LayerDrop, PruneContext, PruneResult
-from steprune.pruners.fastv import scale_layer, top_indices
+from steprune.pruners.fastv import check_layer, scale_layer, top_indices
 from steprune.pruners.registry import PRUNERS
 
 
@@ -82,6 +82,7 @@ class DARTPruner:
             raise ValueError(
                 f"need layer >= 1, image_pivots >= 1, text_pivots >= 0; got {layer}, {image_pivots}, {text_pivots}"
             )
+        check_layer(layer, reference_layers, f"where DART prunes (reference_layers={reference_layers})")
         self.layer = layer
         self.image_pivots = image_pivots
         self.text_pivots = text_pivots

@@ -39,12 +39,30 @@ from steprune.pruners.contract import LayerDrop, PruneContext, PruneResult
 from steprune.pruners.registry import PRUNERS
 
 
+def check_layer(layer: int, depth: int | None, what: str) -> None:
+    """Refuse a drop layer outside 1..depth-1 (never clamp a layer the user named into range)."""
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise TypeError(f"layer must be an int, got {type(layer).__name__} {layer!r}")
+    if layer < 1 or (depth is not None and layer >= depth):
+        top = f"1..{depth - 1}" if depth is not None else ">= 1"
+        raise ValueError(
+            f"layer={layer} is outside {top} {what}; pass a layer in range (reference_layers=None makes `layer` "
+            "an absolute index into this LLM, otherwise it is given on the 32-layer LLaVA-1.5-7B scale)"
+        )
+
+
 def scale_layer(layer: int, num_layers: int, reference_layers: int | None = 32) -> int:
-    """A layer index given for a `reference_layers`-deep LLM, on a `num_layers`-deep one, in 1..L-1."""
+    """A layer index given for a `reference_layers`-deep LLM, on a `num_layers`-deep one, in 1..L-1.
+
+    Only the rounding of a scaled index is clamped; a layer outside the reference (or, absolute, outside this
+    LLM) is refused."""
     if num_layers < 2:
         raise ValueError(f"in-LLM pruning needs an LLM with at least 2 layers, got {num_layers}")
-    scaled = layer if reference_layers is None else round(layer * num_layers / reference_layers)
-    return min(max(int(scaled), 1), num_layers - 1)
+    if reference_layers is None:
+        check_layer(layer, num_layers, f"for this {num_layers}-layer LLM")
+        return layer
+    check_layer(layer, reference_layers, f"of the {reference_layers}-layer reference")
+    return min(max(round(layer * num_layers / reference_layers), 1), num_layers - 1)
 
 
 def top_indices(scores: Tensor, k: int) -> Tensor:
@@ -60,8 +78,7 @@ class FastVPruner:
     adaptive = False
 
     def __init__(self, layer: int = 2, reference_layers: int | None = 32) -> None:
-        if layer < 1:
-            raise ValueError(f"FastV prunes before a layer >= 1, got layer={layer}")
+        check_layer(layer, reference_layers, f"where FastV prunes (reference_layers={reference_layers})")
         self.layer = layer
         self.reference_layers = reference_layers
 

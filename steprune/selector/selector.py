@@ -360,6 +360,13 @@ class StepPruneSelector(nn.Module):
         if problems:
             shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
             raise ValueError(f"{path} does not match the selector its config describes: {shown}")
+        broken = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+        if broken:
+            raise ValueError(
+                f"{path} holds NaN or infinite weights in {len(broken)} tensor(s) ({', '.join(broken[:3])}"
+                f"{', ...' if len(broken) > 3 else ''}): its training diverged; retrain it (`make train`, e.g. with a "
+                "lower --model.lr) or export the selector from an earlier checkpoint"
+            )
         model.load_state_dict(tensors, assign=True)
         if "calibration" in metadata:
             try:

@@ -91,8 +91,11 @@ class StepPruneModule(L.LightningModule):
         self.save_hyperparameters()
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.processor = AutoProcessor.from_pretrained(backbone)
-        self.vlm = AutoModelForImageTextToText.from_pretrained(backbone, dtype=getattr(torch, dtype))
+        from steprune.base_location import resolve_pretrained
+
+        source = resolve_pretrained(backbone)  # a missing local path says so (the world base: `make base`)
+        self.processor = AutoProcessor.from_pretrained(source)
+        self.vlm = AutoModelForImageTextToText.from_pretrained(source, dtype=getattr(torch, dtype))
         self.vlm.eval().requires_grad_(False)
         self.adapter = adapter_for(self.vlm)
         d_vision, d_text = self._widths()

@@ -152,7 +152,8 @@ def test_scale_layer():
     assert scale_layer(2, 32) == 2
     assert scale_layer(2, 4) == 1  # round(0.25) = 0, clamped to 1
     assert scale_layer(16, 4) == 2
-    assert scale_layer(40, 4) == 3  # clamped to L - 1
+    with pytest.raises(ValueError, match=r"layer=40 is outside 1\.\.31 of the 32-layer reference"):
+        scale_layer(40, 4)  # not silently clamped to L - 1 (#21)
     assert scale_layer(3, 4, reference_layers=None) == 3
     assert PRUNERS.create("fastv").reads_text
 
