@@ -7,7 +7,9 @@
 Nesting is the `mlflow.parentRunId` tag on the child: exactly what `mlflow.start_run(nested=True)` writes
 (mlflow/tracking/fluent.py) and what the UI groups runs by. The runs are created with the client, not the
 fluent API, so no global "active run" is involved and the trial's Lightning logger writes into the same run.
-Every run carries the comparison tags: method, budget, seed, variant, git commit.
+Every run carries the comparison tags: method, budget, seed, variant, git commit. A SQLite tracking DB is
+created / migrated once under a file lock before the client opens it (`steprune.training.tracking_store`),
+so workers starting together on no DB never race in MLflow's schema migration.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from steprune.training.tracking_store import prepare_tracking_store
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 
@@ -50,10 +54,10 @@ class Tracker:
     """An MLflow client bound to one tracking URI and one experiment (created when missing)."""
 
     def __init__(self, uri: str | None, experiment: str) -> None:
-        self.uri = tracking_uri(uri)
+        self.uri = prepare_tracking_store(tracking_uri(uri))  # created / migrated once, under a file lock
         self.client = MlflowClient(self.uri)
         self.experiment = experiment
-        for attempt in range(5):  # workers starting together on a fresh SQLite DB race to create its tables
+        for attempt in range(5):  # workers starting together may still meet SQLite's write lock
             try:
                 found = self.client.get_experiment_by_name(experiment)
                 break

@@ -107,7 +107,7 @@ def test_two_workers_share_one_study(micro_base_dir, tmp_path, backend):
     config = write_micro_sweep(
         tmp_path, micro_base_dir, name="workers", n_trials=n, storage=url, pruner={"name": "none"}, steps=8
     )
-    MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}").search_experiments()  # create the tracking DB once
+    assert not (tmp_path / "mlruns.db").exists()  # a first multi-worker sweep: both race to create the tracking DB
     first = _worker(config, tmp_path, "--worker", "0")  # both start together: one creates the study, one loads it
     second = _worker(config, tmp_path, "--worker", "1")
     for proc in (first, second):
