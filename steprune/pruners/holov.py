@@ -27,13 +27,21 @@ lower chunk), capped by chunk size; the overflow of full chunks is redistributed
 others until exactly K are allocated. Inside a chunk the top tokens by attention are kept (ties to the
 lower index). Output in original order. Text-free: HoloV never reads the prompt (no change).
 
-Deliberate differences from the authors' code (obananas/HoloV `utils.HoloV`):
+Faithful mode (`faithful=True`, opt-in; the same option name as the other methods): the authors' rules for
+the three differences below that change the kept set — the variance counts the zeroed diagonal, a 1-token
+chunk scores its raw attention (no 1e3), and the allocation is theirs: w = score / (sum(score) + 1e-6),
+floor(w * K) per chunk, one more token for each of the top-(K - sum) weights (ties to the lower chunk), capped
+by the chunk size with the overflow dropped — so K or fewer real tokens (`PruneResult` ragged; they pad the
+rest with zero-feature tokens, which the contract cannot express). Needs variance_scale="attention".
+
+Deliberate differences from the authors' code (obananas/HoloV `utils.HoloV`; `faithful=True` undoes the first two):
 - Their variance counts the zeroed diagonal as an entry (adds mu_i^2 / (n - 1)); ours uses only the
   off-diagonal similarities. Their 1-token chunks score mean(attention) without the 1e3 factor; ours
   score 1e3 * attention (v = 0).
 - They round with floor + one extra token for each of the top-weight chunks and drop the overflow of full
   chunks, then zero-pad to K; we use largest remainders and redistribute, so exactly K real tokens.
-- Per-sample Python loops -> batched; chunks padded to the largest chunk size.
+- Per-sample Python loops -> batched; chunks padded to the largest chunk size. Their kept tokens enter the LLM
+  chunk by chunk in attention order (positions follow the tokens); ours in spatial order, also when faithful.
 - Qwen2.5-VL: their scores stay in the tower's window order while the tokens are in spatial order (see
   `QwenVisionAccess`); ours follow the tokens.
 """
@@ -62,6 +70,16 @@ def chunk_sizes(num_tokens: int, chunks: int) -> list[int]:
 def authors_chunks(num_tokens: int, budget: int, has_cls: bool) -> int:
     """The authors' chunk count: 16 on LLaVA (CLS tower); max(1, int((1024 / 576) * N / K)) on Qwen2.5-VL."""
     return 16 if has_cls else max(1, int((1024 / 576) * num_tokens / budget))
+
+
+def authors_allocate(scores: Tensor, sizes: Tensor, budget: int) -> Tensor:
+    """The authors' split of `budget` over chunks (B, C): floor of the proportional share, one extra token for
+    each of the top-(budget - floor sum) weights (ties to the lower chunk), capped by `sizes` (overflow dropped)."""
+    weights = scores.double() / (scores.double().sum(1, keepdim=True) + EPS)  # (B, C)
+    alloc = (weights * budget).floor().long()
+    extra = (budget - alloc.sum(1, keepdim=True)).clamp_min(0)  # (B, 1)
+    alloc = alloc + (ranks(weights) < extra).long()
+    return torch.minimum(alloc, sizes)
 
 
 def ranks(scores: Tensor) -> Tensor:
@@ -111,7 +129,10 @@ class HoloVPruner(PrePrunerBase):
         weight: float = 0.09,
         variance_scale: Literal["attention", "minmax"] = "attention",
         layer: int = -2,
+        faithful: bool = False,
     ) -> None:
+        if faithful and variance_scale != "attention":
+            raise ValueError("faithful=True is the authors' attention-scaled variance; use variance_scale='attention'")
         if chunks is not None and chunks < 1:
             raise ValueError(f"chunks must be >= 1 (or None: the authors' rule), got {chunks}")
         if variance_scale not in ("attention", "minmax"):
@@ -120,6 +141,7 @@ class HoloVPruner(PrePrunerBase):
         self.weight = weight
         self.variance_scale = variance_scale
         self.layer = layer
+        self.faithful = faithful
 
     def select(self, ctx: PruneContext) -> PruneResult:
         access = require_vision(ctx, "holov")
@@ -141,6 +163,8 @@ class HoloVPruner(PrePrunerBase):
         sim = sim.double().masked_fill(~pairs, 0.0)
         mu = sim.sum(-1) / denom  # (B, C, s)
         var = ((sim - mu.unsqueeze(-1)).square() * pairs).sum(-1) / denom  # (B, C, s), 0 on padding
+        if self.faithful:  # the authors' variance also counts the zeroed diagonal: (0 - mu_i)^2
+            var = var + (mu.square() / denom).masked_fill(~valid, 0.0)
 
         attn = access.cls_attention(layer=self.layer, reduce="mean").double()  # (B, N)
         a = 1e3 * attn[:, layout.flatten()].view(b, c, s).masked_fill(~valid, 0.0)
@@ -151,7 +175,11 @@ class HoloVPruner(PrePrunerBase):
             low, high = mean_v.min(1, keepdim=True).values, mean_v.max(1, keepdim=True).values
             bonus = (mean_v - low) / (high - low + EPS)
         score = mean_a + self.weight * bonus  # (B, C)
-        alloc = allocate(score, sizes, ctx.budget)
+        if self.faithful:  # a 1-token chunk scores its raw attention; their allocation
+            score = torch.where(sizes == 1, mean_a / 1e3, score)
+            alloc = authors_allocate(score, sizes, ctx.budget)
+        else:
+            alloc = allocate(score, sizes, ctx.budget)
 
         inside = ranks(a.masked_fill(~valid, float("-inf")))  # (B, C, s) rank by attention in the chunk
         keep_slot = (inside < alloc.unsqueeze(-1)) & valid

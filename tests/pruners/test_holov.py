@@ -121,6 +121,57 @@ def test_matches_naive_reference(scale, n, chunks, budget):
         assert result.keep[b].tolist() == expected, f"sample {b}"
 
 
+def authors_holov(tokens, attn, budget, chunks=16) -> list[int]:
+    """The authors' `utils.HoloV` for one sample, as plain loops: tokens (N, D), attn (N,). Sorted kept indices."""
+    n = tokens.shape[0]
+    base, remainder = n // chunks, n % chunks
+    starts, sizes, start = [], [], 0
+    for p in range(chunks):
+        size = base + (1 if p < remainder else 0)
+        if size > 0:
+            starts.append(start)
+            sizes.append(size)
+        start += size
+    scores = []
+    for start, size in zip(starts, sizes, strict=True):
+        a = [float(attn[i]) for i in range(start, start + size)]
+        if size == 1:
+            scores.append(a[0])  # mean attention, no 1e3
+            continue
+        x = [tokens[i].double() / (float(tokens[i].double().norm()) + EPS) for i in range(start, start + size)]
+        sim = [[0.0 if i == j else float(x[i] @ x[j]) for j in range(size)] for i in range(size)]  # zeroed diagonal
+        mu = [sum(row) / (size - 1) for row in sim]
+        var = [sum((v - mu[i]) ** 2 for v in sim[i]) / (size - 1) for i in range(size)]  # diagonal counted
+        scaled = [1e3 * v for v in a]
+        scaling = (sum(abs(v) for v in scaled) / size) / (sum(abs(v) for v in var) / size + EPS)
+        scores.append(sum(scaled[i] + 0.09 * var[i] * scaling for i in range(size)) / size)
+    total = sum(scores)
+    weights = [v / (total + EPS) for v in scores]
+    alloc = [math.floor(w * budget) for w in weights]
+    for i in sorted(range(len(weights)), key=lambda i: (-weights[i], i))[: max(budget - sum(alloc), 0)]:
+        alloc[i] += 1
+    keep = []
+    for start, size, k in zip(starts, sizes, alloc, strict=True):
+        order = sorted(range(size), key=lambda i: (-float(attn[start + i]), i))
+        keep += [start + i for i in order[: min(k, size)]]  # overflow of a full chunk is dropped
+    return sorted(keep)
+
+
+@pytest.mark.parametrize(("n", "chunks", "budget"), [(37, 16, 9), (37, 16, 30), (64, 16, 16), (12, 5, 11), (7, 16, 3)])
+def test_faithful_matches_the_authors_rules(n, chunks, budget):
+    ctx = random_context(seed=n + budget, n=n, budget=budget)
+    if budget == 30:  # one chunk takes most of the attention: its share overflows and the authors drop it
+        ctx.vision.cls[:, :3] += 5.0
+    result = PRUNERS.create("holov", chunks=chunks, faithful=True).select(ctx)
+    for b in range(3):
+        expected = authors_holov(ctx.image_tokens[b], ctx.vision.cls[b], budget, chunks)
+        assert result.keep[b][result.keep_mask[b]].tolist() == expected, f"sample {b}"
+    if budget == 30:
+        assert bool((result.lengths < budget).all())  # fewer than K: the overflow is gone
+    with pytest.raises(ValueError):
+        PRUNERS.create("holov", faithful=True, variance_scale="minmax")
+
+
 def test_allocation_is_exact_capped_and_proportional():
     g = torch.Generator().manual_seed(0)
     for trial in range(30):
