@@ -101,3 +101,27 @@ def ablation_bars(rows: Sequence[dict], title: str = "") -> Figure:
     ax.set_title(title or "ablation")
     ax.tick_params(axis="x", labelrotation=30)
     return fig
+
+
+def k_buckets(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:
+    """Accuracy per K bucket (the paper's Fig. 4) with 95 % intervals, beside the unpruned model on the same
+    questions; rows from `steprune.eval.k_buckets.k_bucket_accuracy`."""
+    fig = Figure(figsize=(6.5, 4), layout="constrained")
+    ax = fig.add_subplot()
+    labels = [f"{r['k_low']}-{r['k_high']}\n(n={r['n']})" for r in rows]
+    x = list(range(len(rows)))
+    acc = [100 * r["accuracy"] for r in rows]
+    ci = [r["accuracy_ci"] or [r["accuracy"]] * 2 for r in rows]  # a one-question bucket has no interval
+    low = [a - 100 * c[0] for a, c in zip(acc, ci, strict=True)]
+    high = [100 * c[1] - a for a, c in zip(acc, ci, strict=True)]
+    err = [low, high]
+    ax.bar(x, acc, yerr=err, capsize=4, color="tab:blue", alpha=0.8, label="pruned")
+    ax.scatter(x, [100 * r["unpruned_accuracy"] for r in rows], c="k", marker="_", s=400, zorder=3,
+               label="unpruned, same questions")  # fmt: skip
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_xlabel("K bucket (visual tokens kept)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or "accuracy per K bucket")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3, axis="y")
+    return fig

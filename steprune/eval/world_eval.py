@@ -158,6 +158,7 @@ def evaluate_world(
                     ).tflops(),
                     "k_histogram": torch.bincount(torch.tensor(ks), minlength=n + 1).tolist(),
                     "k_by_objects": k_by_objects(objects, ks),
+                    **({"k_per_question": list(ks)} if PRUNERS.get(method).adaptive else {}),  # (N,) record order
                 }
             )
     vanilla = rows[0]["overall"] if include_vanilla else vanilla_accuracy

@@ -12,7 +12,8 @@
    artifacts/selector.safetensors);
 3. StepPrune against every fixed-budget method at StepPrune's own mean K on the test split: a rich table,
    saved as reports/train_comparison.{json,md}, with StepPrune's adaptivity (K range, max/min, Spearman rho
-   against the number of objects, K per object count) and its figure reports/train_comparison_k.png.
+   against the number of objects, K per object count, accuracy per K bucket) and its figures
+   reports/train_comparison_k.png and reports/train_comparison_k_buckets.png.
    Each part's wall time is printed at the end.
 """
 
@@ -108,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, train_args = parser.parse_known_args(argv)  # the rest goes to `steprune train fit`
 
     from steprune.base_location import default_base_dir
-    from steprune.eval.report_figures import adaptivity
+    from steprune.eval.k_buckets import k_bucket_accuracy, k_bucket_markdown
+    from steprune.eval.report_figures import adaptivity, k_buckets
     from steprune.eval.world_compare import add_intervals
     from steprune.eval.world_eval import evaluate_world, markdown, print_table
     from steprune.recipes.build_base import build_base
@@ -161,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["stepprune_mean_k"] = k_mean
     report["stepprune"] = selector_summary(weights)
     report["adaptivity"] = adaptivity_summary(learned["rows"][1])
+    report["k_buckets"] = k_bucket_accuracy(
+        learned["rows"][1]["k_per_question"], learned["rows"][1]["correct"], learned["rows"][0]["correct"]
+    )
     timings["compare_s"] = time.perf_counter() - start
     report["timings"] = timings
     print_table(report)
@@ -168,15 +173,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     out.with_suffix(".md").write_text(
-        selector_markdown(report["stepprune"]) + markdown(report) + adaptivity_markdown(report["adaptivity"])
+        selector_markdown(report["stepprune"])
+        + markdown(report)
+        + adaptivity_markdown(report["adaptivity"])
+        + "\nStepPrune's accuracy per K bucket (six log-spaced buckets; the paper's Fig. 4):\n\n"
+        + k_bucket_markdown(report["k_buckets"])
     )
     figure = out.with_name(out.name + "_k.png")
     row = learned["rows"][1]
     adaptivity(row["k_histogram"], row["k_by_objects"], "StepPrune on the built-in world (test split)").savefig(figure)
+    bucket_figure = out.with_name(out.name + "_k_buckets.png")
+    k_buckets(report["k_buckets"], "StepPrune: accuracy per K bucket (test split)").savefig(bucket_figure)
     print(selector_markdown(report["stepprune"]).strip())
     print(f"StepPrune mean K = {k_mean:.1f}; fixed-budget methods ran at K = {budget}")
     print(adaptivity_markdown(report["adaptivity"]).strip())
-    print(f"figure: {figure}")
+    print(k_bucket_markdown(report["k_buckets"]).strip())
+    print(f"figures: {figure}, {bucket_figure}")
     print({k: round(v, 1) for k, v in timings.items()}, f"-> {out.with_suffix('.md')}")
     return 0
 

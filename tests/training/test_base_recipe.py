@@ -308,6 +308,10 @@ def test_make_train_end_to_end_on_the_micro_base(micro_base, tmp_path, monkeypat
     assert "surrogate `paper`, target mean K 4" in (tmp_path / "reports" / "train_comparison.md").read_text()
     assert steprune["acc_ci"] is not None and "diff_retention_ci" in steprune
     assert "StepPrune adaptivity" in (tmp_path / "reports" / "train_comparison.md").read_text()
+    buckets = report["k_buckets"]  # the paper's Fig. 4: every test question in exactly one K bucket
+    assert sum(b["n"] for b in buckets) == 4 and buckets[0]["k_low"] == steprune["k_min"]
+    assert buckets[-1]["k_high"] == steprune["k_max"]
+    assert (tmp_path / "reports" / "train_comparison_k_buckets.png").stat().st_size > 1000
 
 
 def test_patch_loss_keeps_the_teachers_labels_readable_and_unhooks(micro_base):
