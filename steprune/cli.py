@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "base", help="build (or reuse) the built-in world's base MLLM (`steprune base --help`)", add_help=False
     )
-    sub.add_parser("eval", help="accuracy + retention on a benchmark suite (`steprune eval --help`)", add_help=False)
+    sub.add_parser(
+        "eval", help="accuracy + retention on a suite: --suite llava15|world (`steprune eval --help`)", add_help=False
+    )
     sub.add_parser("bench", help="FLOPs + prefill latency of every method (`steprune bench --help`)", add_help=False)
     sub.add_parser("sweep", help="Optuna sweep tracked in MLflow, resumable (`steprune sweep --help`)", add_help=False)
     sub.add_parser("ablate", help="the Table 4 ablation grid over seeds (`steprune ablate --help`)", add_help=False)
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 DELEGATED = {
     "train": "steprune.training.cli:train_main",
     "bench": "steprune.eval.bench:main",
-    "eval": "steprune.eval.suite:suite_main",
+    "eval": "steprune.eval.eval_cli:eval_main",
     "base": "steprune.recipes.build_base:main",
     "sweep": "steprune.sweeps.runner:sweep_main",
     "ablate": "steprune.sweeps.ablation:ablate_main",
@@ -61,10 +63,6 @@ DELEGATED = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["eval"] and "world" in argv and "--suite" in argv:
-        from steprune.eval.world_eval import main as world_main
-
-        return int(world_main(argv[1:]) or 0)
     if argv and argv[0] in DELEGATED:
         module_name, func = DELEGATED[argv[0]].split(":")
         import importlib

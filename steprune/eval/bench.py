@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
+from steprune.cli_args import int_list, positive_int
 from steprune.eval.bench_report import markdown_report, print_table
 from steprune.eval.flops import equivalent_visual_tokens, measured_prefill_cost, prefill_cost
 from steprune.pruned_vlm import PrunedVLM
@@ -265,13 +266,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="scaled", choices=sorted(CONFIGS))
     parser.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
-    parser.add_argument("--budgets", default=None, help="comma-separated (default: 192,128,64 scaled to N)")
-    parser.add_argument("--text-tokens", type=int, default=92)
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument(
+        "--budgets", type=int_list, default=None, help="comma-separated (default: 192,128,64 scaled to N)"
+    )
+    parser.add_argument("--text-tokens", type=positive_int, default=92)
+    parser.add_argument("--batch", type=positive_int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on cuda)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument(
         "--flops-only", action="store_true", help="no timing: methods run on the MLP-cut proxy, FLOPs on the config"
     )
@@ -288,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = run_bench(
             args.config,
             args.methods.split(",") if args.methods else None,
-            [int(b) for b in args.budgets.split(",")] if args.budgets else None,
+            args.budgets,
             args.text_tokens,
             args.batch,
             args.device,

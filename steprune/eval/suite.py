@@ -247,21 +247,15 @@ def _load_backbone(backbone: str, device: str, dtype: str):
 
 
 def suite_main(argv: Sequence[str] | None = None) -> int:
-    """`steprune eval`: run the suite for each method x budget, write JSON per benchmark and OUT/table.md."""
-    parser = argparse.ArgumentParser(prog="steprune eval", description=suite_main.__doc__)
-    parser.add_argument("--suite", default="llava15", choices=sorted(SUITES))
-    parser.add_argument("--backbone", required=True, help="HF id or local dir of the MLLM ('tiny-llava': smoke test)")
-    parser.add_argument("--method", default="identity", help="pruning method(s), comma-separated")
-    parser.add_argument("--budget", default=None, help="visual-token budget(s), comma-separated (e.g. 192,128,64)")
-    parser.add_argument("--benchmarks", default=None, help="comma-separated subset of the suite")
-    parser.add_argument("--limit", type=int, default=None, help="first N questions per benchmark")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--data-dir", default=None, help="local copies in DIR/<benchmark> or DIR/<dataset>")
-    parser.add_argument("--out", default=None, help="output dir (default: reports/suite/<suite>/<backbone>)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    """`steprune eval --suite llava15` (the one `steprune eval` parser, see `steprune.eval.eval_cli`)."""
+    from steprune.eval.eval_cli import eval_main
+
+    return eval_main(argv, suite="llava15")
+
+
+def run_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run the suite for each method x budget, write JSON per benchmark and OUT/table.md (arguments parsed and
+    checked by `steprune.eval.eval_cli`)."""
 
     from rich.console import Console
     from rich.markdown import Markdown
@@ -269,15 +263,15 @@ def suite_main(argv: Sequence[str] | None = None) -> int:
     from steprune.pruned_vlm import PrunedVLM
     from steprune.pruners import PRUNERS
 
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    methods = args.methods
     for m in methods:
         PRUNERS.get(m)  # fail on a typo before loading a model
-    budgets = [int(b) for b in args.budget.split(",")] if args.budget else []
+    budgets = args.budgets or []
     if any(m != "identity" for m in methods) and not budgets:
         parser.error("--budget is required for a pruning method")
     benchmarks = [b.strip() for b in args.benchmarks.split(",")] if args.benchmarks else None
     names = [b.name for b in suite_benchmarks(args.suite, benchmarks)]
-    out = Path(args.out or Path("reports/suite") / args.suite / _slug(args.backbone))
+    out = Path(args.out)
     console = Console(stderr=True)
 
     model, processor = _load_backbone(args.backbone, args.device, args.dtype)

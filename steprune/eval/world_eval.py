@@ -185,39 +185,25 @@ def evaluate_world(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from steprune.base_location import default_base_dir, require_base
+    """`steprune eval --suite world` (the one `steprune eval` parser, see `steprune.eval.eval_cli`)."""
+    from steprune.eval.eval_cli import eval_main
 
-    parser = argparse.ArgumentParser(prog="steprune eval --suite world", description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=["world"], default="world")
-    parser.add_argument("--backbone", default=None, help="base model directory (default: artifacts/base)")
-    parser.add_argument("--methods", default=None, help="comma-separated (default: every training-free method)")
-    parser.add_argument("--budgets", default=None, help="comma-separated (default: 66.7/77.8/88.9%% pruning)")
-    parser.add_argument("--split", default="test", choices=["val", "test"])
-    parser.add_argument("--limit", type=int, default=500)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--weights", default=None, help="StepPrune selector .safetensors (for --methods steprune)")
-    parser.add_argument(
-        "--reference", default=None, help="method every row is compared with, paired (default: best baseline per K)"
-    )
-    parser.add_argument(
-        "--match",
-        choices=["tokens", "flops"],
-        default="tokens",
-        help="flops: also run every in-LLM method at the budget matching --match-target's prefill FLOPs at each K",
-    )
-    parser.add_argument("--match-target", default="uniform", help="the pre-LLM method whose FLOPs at K are matched")
-    parser.add_argument("--figure", default=None, help="write the retention-vs-prefill-FLOPs figure here (.png)")
-    parser.add_argument("--out", default="reports/world_eval")
-    args = parser.parse_args(argv)
-    backbone = require_base(args.backbone or default_base_dir())
+    return eval_main(argv, suite="world")
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """The world suite for arguments parsed (and checked) by `steprune.eval.eval_cli`."""
+    from steprune.base_location import BaseModelError, default_base_dir, require_base
+
+    try:
+        backbone = require_base(args.backbone or default_base_dir())
+    except (FileNotFoundError, BaseModelError) as error:
+        parser.error(f"--backbone: {error}")
     info = json.loads((backbone / "build_info.json").read_text())
     n = WorldConfig(**{k: v for k, v in info.get("world", {}).items()}).grid_size ** 2 if info.get("world") else 144
-    budgets = (
-        [int(b) for b in args.budgets.split(",")] if args.budgets else [round(n * (1 - r)) for r in PRUNING_RATIOS]
-    )
+    budgets = args.budgets or [round(n * (1 - r)) for r in PRUNING_RATIOS]
     skipped = {"identity"} if args.weights else {"identity", "steprune"}
-    methods = args.methods.split(",") if args.methods else [m for m in PRUNERS.names() if m not in skipped]
+    methods = args.methods or [m for m in PRUNERS.names() if m not in skipped]
     for method in [*methods, args.match_target, *([args.reference] if args.reference else [])]:
         PRUNERS.get(method)  # did-you-mean before anything runs
     if args.match == "flops" and (in_llm(args.match_target) or PRUNERS.get(args.match_target).adaptive):
