@@ -5,7 +5,8 @@
     steprune train fit --print_config                                        # every option with its default
 
 Defaults: MLflow tracking in a SQLite database under the project (`sqlite:///mlruns.db`, see `make mlflow-ui`),
-checkpoints under `checkpoints/` with `last.ckpt` (resume with `--ckpt_path last`), the text-gate and
+checkpoints under `checkpoints/` with `last.ckpt` (resume with `--ckpt_path last`), written atomically
+(`AtomicCheckpointIO`: a full disk keeps the previous `last.ckpt`), the text-gate and
 temperature schedules as stateful callbacks, and the trained selector exported to
 `artifacts/selector.safetensors`. YAML files pick classes with `class_path` / `init_args`.
 """
@@ -65,6 +66,7 @@ class StepPruneCLI(LightningCLI):
                     },
                 },
                 "trainer.callbacks": checkpoint_callbacks(),
+                "trainer.plugins": [{"class_path": "steprune.training.atomic_checkpoint.AtomicCheckpointIO"}],
                 "trainer.accelerator": "auto",
                 "trainer.max_steps": 300,
                 "trainer.log_every_n_steps": 5,
