@@ -206,7 +206,9 @@ class PrunedVLM:
         n = vision.image_tokens.shape[1]
         budget = n if self.budget is None else self.budget
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        pieces = self.prompt_pieces(input_ids, attention_mask) if getattr(self.pruner, "reads_words", False) else None
         return PruneContext(
+            text_pieces=pieces,
             image_tokens=vision.image_tokens,
             vision_features=vision.vision_features,
             text_embeds=text_embeds,
@@ -217,6 +219,25 @@ class PrunedVLM:
             text_free=self.text_free,
             generator=generator,
         )
+
+    def prompt_pieces(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[tuple[str, ...], ...]:
+        """Per sample, per prompt row of the context: the text its token adds to the decoded prompt ("" for special
+        tokens and padding), by incremental decoding with the processor's tokenizer."""
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        if tokenizer is None or not hasattr(tokenizer, "decode"):
+            raise ValueError(f"{self.pruner!r} reads the prompt's words: give PrunedVLM a processor with a tokenizer")
+        ids, mask = self.adapter.prompt_ids(input_ids, attention_mask)
+        rows = []
+        for sample, real in zip(ids.tolist(), mask.tolist(), strict=True):
+            pieces, text, seen = [], "", []
+            for token, is_real in zip(sample, real, strict=True):
+                if is_real:
+                    seen.append(token)
+                decoded = tokenizer.decode(seen, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                pieces.append(decoded[len(text) :] if is_real and decoded.startswith(text) else "")
+                text = decoded if decoded.startswith(text) else text
+            rows.append(tuple(pieces))
+        return tuple(rows)
 
     @torch.no_grad()
     def prepare(self, input_ids: Tensor, attention_mask: Tensor | None = None, **inputs: Any) -> Prepared:

@@ -87,6 +87,13 @@ class BackboneAdapter(ABC):
 
         `keep` (B, L) bool narrows the prompt further (training drops the answer tokens this way).
         """
+        ids, mask = self.prompt_ids(input_ids, attention_mask, keep)
+        return self.embed_tokens(ids), mask
+
+    def prompt_ids(
+        self, input_ids: Tensor, attention_mask: Tensor, keep: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The token ids of `prompt_embeddings`' rows (pad id off the mask): (B, L_t) long, (B, L_t) bool."""
         is_text = attention_mask.bool() & (input_ids != self.image_token_id)
         if keep is not None:
             is_text = is_text & keep
@@ -97,8 +104,7 @@ class BackboneAdapter(ABC):
         ids = input_ids.new_full((input_ids.shape[0], length + 1), self.pad_token_id)
         ids.scatter_(1, dest, input_ids)
         mask = torch.zeros_like(ids, dtype=torch.bool).scatter_(1, dest, is_text)
-        ids, mask = ids[:, :length], mask[:, :length]
-        return self.embed_tokens(ids), mask
+        return ids[:, :length], mask[:, :length]
 
     def full_length_embeds(self, input_ids: Tensor, image_tokens: Tensor) -> Tensor:
         """(B, L, D) input embeddings with every image placeholder replaced by `image_tokens` (B, N, D)."""

@@ -39,6 +39,9 @@ class PruneContext:
     vision: VisionAccess | None = None  # lazy, explicit vision attentions / keys (see backbones.vision_access)
     text_free: bool = False  # select without reading the prompt (multi-turn use)
     generator: torch.Generator | None = None  # for seeded stochastic methods
+    # per sample, per text_embeds row: the text that prompt token decodes to ("" for special tokens and padding);
+    # filled only for a method with `reads_words` (MMTok's faithful keyword filter), else None
+    text_pieces: tuple[tuple[str, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         b, n, _ = self.image_tokens.shape
@@ -51,6 +54,10 @@ class PruneContext:
         if self.grid[0] * self.grid[1] != n:
             raise ValueError(f"grid {self.grid} does not cover N={n} visual tokens")
         check_budget(self.budget, n)
+        if self.text_pieces is not None and (
+            len(self.text_pieces) != b or any(len(row) != self.text_embeds.shape[1] for row in self.text_pieces)
+        ):
+            raise ValueError("text_pieces must hold one string per text_embeds row (B, L)")
 
     @property
     def batch_size(self) -> int:
@@ -162,6 +169,7 @@ class PrePrunerBase:
     name: ClassVar[str] = ""
     reads_text: ClassVar[bool] = False
     adaptive: ClassVar[bool] = False
+    reads_words: bool = False  # the context must carry `text_pieces` (the prompt as decoded text)
 
     def layer_drops(self, ctx: PruneContext, num_layers: int) -> list[LayerDrop]:
         return []

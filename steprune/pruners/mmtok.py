@@ -18,10 +18,17 @@ Padded prompt rows are zeroed, so they contribute nothing. Text-free mode: C = Q
 Defaults: alpha 0.5, tau_tv 0.02 (LLaVA; the authors use 0.01 on Qwen2.5-VL — pass `tau_tv=0.01`),
 tau_vv 0.2.
 
+Faithful mode (`faithful=True`, opt-in; the same option name as the other methods): the text rows are only the
+question's keywords, as the authors' LLaVA path (`steprune.pruners.keywords`: benchmark suffix prompts and their
+stop-words removed); it reads `ctx.text_pieces` (the prompt as decoded text, filled by `PrunedVLM` from its
+processor's tokenizer when a method `reads_words`). A sample with no keyword row falls back to all its rows.
+
 Deliberate differences from the authors' code:
-- They keep only the question's keywords (stop-words and benchmark suffix prompts removed, words
-  embedded one by one without BOS). The context carries only prompt embeddings, not ids or words, so we
-  use every real prompt token (chat-template tokens included); no stop-word option.
+- By default we use every real prompt token (chat-template tokens included) where they keep only the
+  question's keywords; `faithful=True` keeps the keyword rows of the prompt. Even then their words are
+  re-tokenised one by one (no BOS), ours are the prompt's own tokens in context (a word split differently in
+  context embeds differently), and the template's role words are dropped by us. Their Qwen2.5-VL path embeds
+  "Question: " + the whole question unless `clean_text` is set; faithful mode applies the keyword filter there too.
 - Their selection runs one sample at a time; ours is batched (one loop over the K greedy steps).
 """
 
@@ -32,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from steprune.pruners.contract import PrePrunerBase, PruneContext, PruneResult
+from steprune.pruners.keywords import keyword_rows
 from steprune.pruners.registry import PRUNERS
 
 
@@ -83,7 +91,7 @@ class MMTokPruner(PrePrunerBase):
 
     reads_text = True
 
-    def __init__(self, alpha: float = 0.5, tau_tv: float = 0.02, tau_vv: float = 0.2) -> None:
+    def __init__(self, alpha: float = 0.5, tau_tv: float = 0.02, tau_vv: float = 0.2, faithful: bool = False) -> None:
         if tau_tv <= 0 or tau_vv <= 0:
             raise ValueError(f"temperatures must be positive, got tau_tv={tau_tv}, tau_vv={tau_vv}")
         if alpha < 0:
@@ -91,9 +99,19 @@ class MMTokPruner(PrePrunerBase):
         self.alpha = alpha
         self.tau_tv = tau_tv
         self.tau_vv = tau_vv
+        self.faithful = faithful
+
+    @property
+    def reads_words(self) -> bool:  # faithful mode reads ctx.text_pieces
+        return self.faithful
 
     def select(self, ctx: PruneContext) -> PruneResult:
         text, mask = (None, None) if ctx.text_free else (ctx.text_embeds, ctx.text_mask)
+        if self.faithful and mask is not None:
+            if ctx.text_pieces is None:
+                raise ValueError("MMTok faithful=True needs ctx.text_pieces (build the context with PrunedVLM)")
+            words = torch.tensor([keyword_rows(row) for row in ctx.text_pieces], device=mask.device) & mask
+            mask = torch.where(words.any(dim=1, keepdim=True), words, mask)  # (B, L) keyword rows
         cover = coverage_matrix(
             ctx.image_tokens, ctx.vision_features, text, mask, self.alpha, self.tau_tv, self.tau_vv
         )  # (B, R, N)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import re
 
 import pytest
 import torch
 
 from steprune import PrunedVLM
 from steprune.pruners import PRUNERS, PruneContext
+from steprune.pruners.keywords import keyword_rows
 from steprune.pruners.mmtok import coverage_matrix, greedy_max_coverage
 from tests.inputs import make_inputs
 
@@ -177,3 +180,64 @@ def test_tiny_models_match_naive_and_generate(name, llava, qwen):
         assert prepared.result.keep[b].tolist() == expected
     out = vlm.generate(**inputs, max_new_tokens=3)
     assert out.shape[0] == 2 and out.shape[1] <= 3
+
+
+AUTHORS_STOP_WORDS_TEXT = (  # the authors' NON_VISUAL_WORDS, alphabetically
+    "a an and answer are at be been being but by did do does for from had has have he how i if into is it "
+    "onto or question she so the then they to upon was we were what when where which who why with you"
+)
+AUTHORS_STOP_WORDS = set(AUTHORS_STOP_WORDS_TEXT.split())
+AUTHORS_SUFFIXES = (
+    "Answer the question using a single word or phrase.",
+    "Answer with the option's letter from the given choices directly.",
+)
+
+
+def authors_keywords(question: str) -> list[str]:
+    """The authors' extract_keywords_simple: suffix prompts deleted, \\b\\w+\\b words, stop-words dropped."""
+    for suffix in AUTHORS_SUFFIXES:
+        question = question.replace(suffix, "")
+    words = re.findall(r"\b\w+\b", question)
+    return [w for w in words if w.lower() not in AUTHORS_STOP_WORDS] or words
+
+
+def test_keyword_rows_follow_the_authors_filter():
+    pieces = ("USER", ":", " What", " col", "our", " is", " the", " SQUARE", "?", "\n", "Answer the question using")
+    pieces += (" a single word or phrase.", " ASSISTANT", ":", "")
+    rows = keyword_rows(pieces)
+    assert [p for p, keep in zip(pieces, rows, strict=True) if keep] == [" col", "our", " SQUARE"]
+    assert authors_keywords("What colour is the SQUARE?\nAnswer the question using a single word or phrase.") == [
+        "colour",
+        "SQUARE",
+    ]
+    only_stop = ("USER", ":", " What", " is", " it", "?", " ASSISTANT", ":")
+    assert [p for p, k in zip(only_stop, keyword_rows(only_stop), strict=True) if k] == [" What", " is", " it"]
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen"])
+def test_faithful_covers_only_the_question_keywords(name, llava, qwen):
+    model, processor = {"llava": llava, "qwen": qwen}[name]
+    questions = (
+        "What colour is the square?\nAnswer the question using a single word or phrase.",
+        "Is there a circle in the image? yes no",
+    )
+    inputs = make_inputs(processor, questions=questions)
+    vlm = PrunedVLM(model, processor, method="mmtok", budget=6, faithful=True)
+    prepared = vlm.prepare(**inputs)
+    ctx = prepared.context
+    tokenizer = processor.tokenizer
+    for b, question in enumerate(questions):
+        keywords = {w.lower() for w in authors_keywords(question)}
+        assert keywords == ({"colour", "square"} if b == 0 else {"there", "circle", "in", "image", "yes", "no"})
+        real = [p for p, m in zip(ctx.text_pieces[b], ctx.text_mask[b].tolist(), strict=True) if m]
+        ids = inputs["input_ids"][b][inputs["attention_mask"][b].bool()]
+        ids = ids[ids != model.config.image_token_id]
+        assert "".join(real) == tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        # in this tiny vocabulary every keyword is one token of the prompt: those rows, and only they, are covered
+        expected = [p.strip().lower() in keywords for p in ctx.text_pieces[b]]
+        assert sum(expected) == len(keywords)
+        keyword_ctx = dataclasses.replace(ctx, text_mask=ctx.text_mask & torch.tensor([expected] * 2))
+        assert prepared.result.keep[b].tolist() == naive_mmtok(keyword_ctx, b)
+    default = PrunedVLM(model, processor, method="mmtok", budget=6).prepare(**inputs)
+    assert default.context.text_pieces is None  # only a method that reads words pays for decoding
+    assert not PRUNERS.create("mmtok").reads_words and PRUNERS.create("mmtok", faithful=True).reads_words
