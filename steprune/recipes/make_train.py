@@ -99,6 +99,22 @@ def checkpoint_dir(base: Path, root: Path = Path("checkpoints")) -> Path:
     return root / f"base-{backbone_fingerprint(str(base)).removeprefix('sha256:')[:12]}"
 
 
+def check_configs(parser: argparse.ArgumentParser, configs: Sequence[str], train_args: Sequence[str]) -> None:
+    """Usage error unless every config exists and the training command line parses (nothing is built)."""
+    from steprune.sweeps.train import check_train_argv
+
+    for config in configs:
+        if not Path(config).is_file():
+            parser.error(f"--config {config}: no such file (the experiment YAMLs are under experiments/)")
+    resume = {i for i, arg in enumerate(train_args) if arg == "--ckpt_path"}  # a fit-only option
+    rest = [a for i, a in enumerate(train_args) if i not in resume | {i + 1 for i in resume}]
+    rest = [a for a in rest if not a.startswith("--ckpt_path=")]
+    try:
+        check_train_argv([*(arg for config in configs for arg in ("--config", config)), *rest])
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -116,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from steprune.recipes.build_base import build_base
     from steprune.training.cli import checkpoint_callbacks, train_main
 
+    configs = args.config or [EXPERIMENT]
+    check_configs(parser, configs, train_args)  # before the base: building it can take an hour
     timings: dict[str, float] = {}
     start = time.perf_counter()
     base = default_base_dir()
@@ -126,7 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     weights = "artifacts/selector.safetensors"
     checkpoints = checkpoint_dir(base)
     print(f"checkpoints: {checkpoints} (resumed when present)")
-    configs = args.config or [EXPERIMENT]
     train_main(
         [
             "fit",

@@ -19,6 +19,7 @@ shared disk, or PostgreSQL); each claims a place before training, so together th
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import traceback
@@ -47,6 +48,7 @@ from steprune.sweeps.study import (
 )
 from steprune.sweeps.tracking import Tracker
 from steprune.sweeps.train import TrainRequest, check_args, train_run
+from steprune.training.stepprune_module import VALIDATION_METRICS
 
 log = logging.getLogger("steprune.sweeps")
 RETENTION, K_MEAN = "val/retention", "val/k_mean"
@@ -57,8 +59,22 @@ def _final(metrics: dict[str, float]) -> dict[str, float]:
     return {f"final/{k.split('/', 1)[1]}": v for k, v in metrics.items() if k.startswith("val/")}
 
 
+def check_objectives(spec: SweepSpec) -> None:
+    """Every objective names a metric StepPruneModule logs at validation (a typo must not use up the study)."""
+    for objective in spec.objectives:
+        if objective.metric not in VALIDATION_METRICS:
+            close = difflib.get_close_matches(objective.metric, VALIDATION_METRICS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise SweepConfigError(
+                f"{spec.source}: objective metric {objective.metric!r} is never logged by StepPruneModule at "
+                f"validation, so no trial could report it.{hint} It logs: {', '.join(VALIDATION_METRICS)}"
+            )
+
+
 def check_sweep(spec: SweepSpec, extra_args: Sequence[str] = ()) -> None:
-    """Parse the trials' command line (the first value of every parameter) before any trial is claimed."""
+    """Check the objectives and parse the trials' command line (the first value of every parameter) before any
+    trial is claimed."""
+    check_objectives(spec)
     first = {p.path: p.choices[0] if p.type == "categorical" else p.low for p in spec.params.values()}
     request = TrainRequest(
         configs=spec.training.experiment,

@@ -79,8 +79,9 @@ class _ParseOnlyCLI(StepPruneCLI):
         pass
 
 
-def check_args(request: TrainRequest) -> None:
-    """Parse the run's command line once, before any trial: a typo must not fail every trial of a study."""
+def check_train_argv(argv: Sequence[str]) -> None:
+    """Parse a `steprune train fit` command line (without `fit` and `--ckpt_path`) with the real parser and its
+    validation, building nothing: ValueError naming the problem (a missing config, an unknown key, a bad value)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
         warnings.filterwarnings("ignore", message=".*seed.*")
@@ -89,11 +90,16 @@ def check_args(request: TrainRequest) -> None:
                 StepPruneModule,
                 subclass_mode_data=True,
                 run=False,
-                args=build_argv(request)[1:],  # no `fit` subcommand with run=False
+                args=list(argv),
                 parser_kwargs={"exit_on_error": False},
             )
         except Exception as error:
             raise ValueError(f"the training command line does not parse: {error}") from error
+
+
+def check_args(request: TrainRequest) -> None:
+    """Parse the run's command line once, before any trial: a typo must not fail every trial of a study."""
+    check_train_argv(build_argv(request)[1:])  # no `fit` subcommand with run=False
 
 
 def train_run(request: TrainRequest) -> TrainResult:

@@ -42,6 +42,8 @@ from steprune.selector.scores import Aggregation
 from steprune.selector.selector import StepPruneSelector
 
 BACKBONE_PREFIX = "vlm."
+VALIDATION_METRICS = ("val/acc", "val/k_mean", "val/k_min", "val/k_max", "val/unpruned_acc", "val/retention")
+"""What every validation logs (`on_validation_epoch_end`): the names a sweep's objective may name."""
 
 
 def normalise_answer(text: str) -> str:
