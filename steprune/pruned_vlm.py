@@ -27,6 +27,7 @@ from steprune.backbones import BackboneAdapter, VisionOutput, adapter_for
 from steprune.backbones.in_llm import InLLMPruning
 from steprune.backbones.splice import POSITION_POLICIES, PositionPolicy, SplicedInputs
 from steprune.pruners import PRUNERS, PruneContext, Pruner, PruneResult
+from steprune.pruners.stepprune import StepPrunePruner
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,8 @@ class PrunedVLM:
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
         self.pruner: Pruner = create_pruner(method, method_kwargs)
+        if isinstance(self.pruner, StepPrunePruner):
+            self.pruner.check_backbone(model)  # a selector file trained on another base is refused
         self.budget = budget
         self.position_policy = position_policy
         self.text_free = text_free

@@ -19,6 +19,10 @@ Choices where the specification is open:
   padded steps are not counted.
 * `allow_random=True` (tests only) builds an untrained selector on the first batch, sized from the
   context's widths (d_model = D_v), seeded by `seed` without touching the global RNG.
+* A weights file records the base it was trained on (its backbone fingerprint); `check_backbone`, which
+  `PrunedVLM` calls, refuses another base with `BackboneMismatchError` (e.g. a stale selector after
+  `make base ARGS=--force`) unless `allow_backbone_mismatch=True` (a deliberate transfer, with a warning). A
+  file exported before fingerprints were recorded, or a model built in memory, is used with a warning.
 * The selector runs in its own dtype (the features are cast to it, e.g. bf16 -> fp32): the module is never
   cast in place. A selector the pruner loaded or built follows the context's device; one handed in from
   outside (a live, training selector) is never moved, cast or switched to eval mode: the inputs go to it.
@@ -26,8 +30,12 @@ Choices where the specification is open:
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import torch
 
+from steprune.backbones.fingerprint import BackboneMismatchError, model_fingerprint
 from steprune.pruners.contract import PrePrunerBase, PruneContext, PruneResult
 from steprune.pruners.registry import PRUNERS
 from steprune.selector.selector import StepPruneSelector
@@ -64,6 +72,7 @@ class StepPrunePruner(PrePrunerBase):
         allow_random: bool = False,
         seed: int = 0,
         min_k: int | None = None,
+        allow_backbone_mismatch: bool = False,
     ) -> None:
         if weights is None and not allow_random:
             raise ValueError(
@@ -74,8 +83,11 @@ class StepPrunePruner(PrePrunerBase):
             raise ValueError(f"t_max must be a positive int or None (the selector's own), got {t_max!r}")
         if min_k is not None and (isinstance(min_k, bool) or not isinstance(min_k, int) or min_k < 0):
             raise ValueError(f"min_k must be an int >= 0 or None (the selector's own), got {min_k!r}")
+        if not isinstance(allow_backbone_mismatch, bool):
+            raise TypeError(f"allow_backbone_mismatch must be True or False, got {allow_backbone_mismatch!r}")
         self.min_k = min_k
         self.weights = weights
+        self.allow_backbone_mismatch = allow_backbone_mismatch
         self.tau = tau
         self.t_max = t_max
         self.allow_random = allow_random
@@ -96,6 +108,42 @@ class StepPrunePruner(PrePrunerBase):
         pruner = cls(tau=tau, t_max=t_max, allow_random=True, min_k=min_k)
         pruner._selector = selector
         return pruner
+
+    def check_backbone(self, model: Any) -> None:
+        """Refuse a selector file trained on another base than `model` (see the module docstring)."""
+        if self.weights is None or self._own is None:
+            return  # a live selector (the one being trained) or a random one: nothing recorded to check
+        trained = self._own.trained_on
+        if trained is None:
+            warnings.warn(
+                f"{self.weights} records no backbone fingerprint (exported before they were recorded): it is applied "
+                "without checking that it was trained on this base; re-export it with `make train` to record it",
+                stacklevel=3,
+            )
+            return
+        current = model_fingerprint(model)
+        if current is None:
+            warnings.warn(
+                f"{self.weights} was trained on {trained['backbone']!r}; this model was built in memory (no "
+                "directory or hub id), so that cannot be checked: load it with from_pretrained to have it checked",
+                stacklevel=3,
+            )
+            return
+        if current == trained["fingerprint"]:
+            return
+        name = getattr(model.config, "_name_or_path", "?")
+        what = (
+            f"{self.weights} was trained on another base than this one: trained on {trained['backbone']!r} "
+            f"({trained['fingerprint'][:19]}), applied to {name!r} ({current[:19]})"
+        )
+        if self.allow_backbone_mismatch:
+            warnings.warn(f"{what}; used anyway (allow_backbone_mismatch=True, a deliberate transfer)", stacklevel=3)
+            return
+        raise BackboneMismatchError(
+            f"{what}, e.g. the base was rebuilt (`make base ARGS=--force`) after the selector was exported. "
+            "Retrain the selector on this base with `make train` (it writes artifacts/selector.safetensors), "
+            "or pass allow_backbone_mismatch=True to apply it to this base on purpose (a transfer)."
+        )
 
     def selector(self, ctx: PruneContext) -> StepPruneSelector:
         """The selector, checked against the context's widths; one this pruner owns moves to ctx's device."""

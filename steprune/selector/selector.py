@@ -17,8 +17,10 @@ Inference (`select`): the hard pointer choices only, sorted back into spatial or
 STOP masked until `min_k` tokens are chosen, and the calibrated `stop_offset` added to the STOP logit.
 
 A checkpoint is one safetensors file; its metadata holds the format tag and the constructor arguments as
-JSON, so `load` rebuilds the exact module. Anything unreadable or inconsistent raises a ValueError that
-names the file and the problem.
+JSON, so `load` rebuilds the exact module, plus the calibration record and the base it was trained on
+(`trained_on`: the backbone's name and fingerprint, `steprune.backbones.fingerprint`; the `steprune` pruner
+refuses to apply it to another base). Anything unreadable or inconsistent raises a ValueError that names the
+file and the problem. The file is replaced atomically (`steprune.atomic_file`).
 
 Choices where the specification is open:
 * `t_max=None` means T_max = N (every token may be chosen); an int must be <= N (checked per call).
@@ -42,9 +44,10 @@ from typing import Literal, NamedTuple
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
+from steprune.atomic_file import atomic_write
 from steprune.selector.denoiser import LocalDenoiser
 from steprune.selector.encoder import CrossModalEncoder
 from steprune.selector.noise_gate import vp_noise_gate
@@ -143,6 +146,7 @@ class StepPruneSelector(nn.Module):
         self.min_k = min_k
         self.stop_offset = float(stop_offset)
         self.calibration: dict | None = None  # how stop_offset was set (`steprune.training.calibration`)
+        self.trained_on: dict[str, str] | None = None  # {"backbone": name, "fingerprint": "sha256:..."} (metadata)
         self.aggregation: Aggregation = aggregation
         self.polarisation: Polarisation = polarisation
         self.polarisation_iters = polarisation_iters
@@ -323,7 +327,11 @@ class StepPruneSelector(nn.Module):
         metadata = {"format": FORMAT, "config": json.dumps(self.config)}
         if self.calibration is not None:
             metadata["calibration"] = json.dumps(self.calibration)
-        save_file(tensors, str(path), metadata=metadata)
+        if self.trained_on is not None:
+            metadata["backbone"] = self.trained_on["backbone"]
+            metadata["backbone_fingerprint"] = self.trained_on["fingerprint"]
+        data = safetensors_bytes(tensors, metadata=metadata)
+        atomic_write(path, lambda handle: handle.write(data), what="selector")
 
     @classmethod
     def load(cls, path: str | Path) -> StepPruneSelector:
@@ -373,4 +381,11 @@ class StepPruneSelector(nn.Module):
                 model.calibration = json.loads(metadata["calibration"])
             except ValueError as error:
                 raise ValueError(f"{path}: its calibration metadata is not JSON ({error})") from error
+        if "backbone_fingerprint" in metadata:
+            fingerprint = metadata["backbone_fingerprint"]
+            if not fingerprint.startswith("sha256:"):
+                raise ValueError(
+                    f"{path}: its backbone_fingerprint metadata {fingerprint[:40]!r} is not 'sha256:<hex>'"
+                )
+            model.trained_on = {"backbone": metadata.get("backbone", "unknown"), "fingerprint": fingerprint}
         return model

@@ -6,7 +6,8 @@
 
 With `calibrate_to` (the CLI links it to `--budget.target_k`), the end of fit bisects the STOP-logit offset on
 the validation batches until their mean greedy K is K* (`steprune.training.calibration`), and the file carries
-the offset in its config and the calibration record in its metadata.
+the offset in its config and the calibration record in its metadata. Every export also records the base it
+was trained on (the backbone's name and fingerprint): the `steprune` pruner refuses it on another base.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class ExportSelector(L.Callback):
     def _export(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.is_global_zero and not trainer.sanity_checking:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            backbone = str(module.hparams.backbone)
+            module.selector.trained_on = {"backbone": backbone, "fingerprint": module.backbone_fingerprint}
             module.selector.save(self.path)
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:

@@ -35,7 +35,7 @@ from torchmetrics.aggregation import CatMetric
 from steprune.backbones import adapter_for
 from steprune.backbones.attention_bias import removal_forward
 from steprune.backbones.base import image_placeholder_mask
-from steprune.backbones.fingerprint import backbone_fingerprint
+from steprune.backbones.fingerprint import BackboneMismatchError, backbone_fingerprint
 from steprune.pruned_vlm import PrunedVLM
 from steprune.pruners.stepprune import StepPrunePruner
 from steprune.selector.scores import Aggregation
@@ -51,10 +51,6 @@ def normalise_answer(text: str) -> str:
     text = text.strip().lower()
     text = re.sub(r"[.!?,;:]+$", "", text)
     return re.sub(r"^(a|an|the)\s+", "", text).strip()
-
-
-class BackboneMismatchError(ValueError):
-    """A checkpoint's selector was trained on another backbone than the one loaded now."""
 
 
 class StepPruneModule(L.LightningModule):
