@@ -1,0 +1,247 @@
+"""Trained StepPrune selectors against a world report's baselines, at equal mean K and at equal prefill FLOPs.
+
+    steprune eval --suite world --budgets 4,8,16,32,48 --match flops --limit 2000 --out reports/world_eval
+    python -m steprune.eval.selector_study --baselines reports/world_eval.json \
+        --selector removal-k16-s0=runs/k16_s0/selector.safetensors \
+        --selector paper-k16-s0=runs/p16_s0/selector.safetensors \
+        --out reports/stepprune_study
+
+Each selector runs on exactly the questions of the baselines' report (same split, limit and seed), with the
+report's unpruned model as the retention reference, so every difference is paired per question. A selector is
+compared at its comparison budget (its mean K rounded, `steprune.eval.world_compare`):
+- at equal K: the most accurate baseline run at that budget (any method, pre-LLM or in-LLM);
+- at equal FLOPs: the most accurate of the pre-LLM baselines at that budget (their prefill is K tokens from the
+  first layer, as StepPrune's is) and the in-LLM rows of `--match flops` whose measured prefill FLOPs equal
+  uniform's at that budget.
+Both differences carry 95 % paired-bootstrap intervals in retention points. Selectors are grouped by
+(surrogate, calibrated target K) and each group gets mean ± std over its seeds. Per selector: K range,
+max/min, Spearman rho(K, objects), and accuracy per K bucket (`steprune.eval.k_buckets`). Writes
+OUT.json and OUT.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from steprune.eval.intervals import paired_difference
+from steprune.eval.k_buckets import bucket_spread, k_bucket_accuracy, k_bucket_markdown
+from steprune.eval.world_compare import add_intervals, comparison_budget, row_key
+from steprune.eval.world_tables import with_interval
+from steprune.pruners import PRUNERS
+
+IN_LLM = frozenset({"fastv", "pdrop", "sparsevlm", "dart"})
+NOT_BASELINES = frozenset({"vanilla", "steprune", "identity"})
+
+
+def parse_selector(spec: str) -> tuple[str, str]:
+    """`NAME=PATH` -> (name, path); a bare path is named by its parent directory."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        path, name = spec, Path(spec).parent.name or Path(spec).stem
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--selector {spec!r}: no selector file at {path!r} (train one with make train)")
+    return name, path
+
+
+def selector_facts(path: str) -> dict[str, Any]:
+    """Surrogate, floor, T_max and calibration of an exported selector."""
+    from steprune.selector.selector import StepPruneSelector
+
+    selector = StepPruneSelector.load(path)
+    calibration = selector.calibration or {}
+    return {
+        "surrogate": selector.config.get("surrogate", "paper"),
+        "min_k": selector.config.get("min_k"),
+        "t_max": selector.config.get("t_max"),
+        "stop_offset": selector.config.get("stop_offset", 0.0),
+        "target_k": calibration.get("target_k"),
+        "calibration": selector.calibration,
+    }
+
+
+def best_baseline(rows: Sequence[dict[str, Any]], budget: int, equal: str) -> dict[str, Any] | None:
+    """The most accurate baseline row at `budget`: `equal="k"` any method run at that budget; `equal="flops"` the
+    pre-LLM methods at that budget and the in-LLM rows matched to its FLOPs."""
+
+    def eligible(row: dict[str, Any]) -> bool:
+        if row["method"] in NOT_BASELINES or "correct" not in row or comparison_budget(row) != budget:
+            return False
+        if equal == "k":
+            return not row.get("flops_match") or row["budget"] == budget
+        return bool(row.get("flops_match")) or row["method"] not in IN_LLM
+
+    candidates = [r for r in rows if eligible(r)]
+    return max(candidates, key=lambda r: r["overall"]) if candidates else None
+
+
+def compare_to(row: dict[str, Any], reference: dict[str, Any] | None, unpruned: Sequence[int]) -> dict[str, Any]:
+    if reference is None:
+        return {"reference": None}
+    difference = paired_difference(row["correct"], reference["correct"], unpruned)
+    return {
+        "reference": row_key(reference),
+        "reference_retention": reference["retention"],
+        "diff_retention": difference.point,
+        "diff_retention_ci": difference.as_list(),
+    }
+
+
+def study(baselines: dict[str, Any], selectors: Sequence[tuple[str, str]], batch_size: int = 64) -> dict[str, Any]:
+    """Run every selector on the baselines' questions; return the merged report with one summary per selector."""
+    from steprune.eval.world_eval import evaluate_world
+
+    vanilla = next((r for r in baselines["rows"] if r["method"] == "vanilla"), None)
+    unpruned = vanilla["correct"] if vanilla else baselines.get("vanilla_correct")
+    if unpruned is None:
+        raise ValueError("the baselines' report has no unpruned row (vanilla) to measure retention against")
+    rows = [r for r in baselines["rows"] if r["method"] != "steprune"]
+    summaries = []
+    for name, path in selectors:
+        learned = evaluate_world(
+            baselines["backbone"],
+            ["steprune"],
+            [1],
+            split=baselines["split"],
+            limit=baselines["limit"],
+            batch_size=batch_size,
+            seed=baselines["seed"],
+            weights=path,
+            include_vanilla=False,
+            vanilla_correct=unpruned,
+        )
+        row = {**learned["rows"][0], "budget": "adaptive", "variant": name, "selector": path}
+        rows.append(row)
+        budget = comparison_budget(row)
+        buckets = k_bucket_accuracy(row["k_per_question"], row["correct"], unpruned)
+        summaries.append(
+            {
+                "name": name,
+                "selector": path,
+                **selector_facts(path),
+                "k_mean": row["k_mean"],
+                "k_min": row["k_min"],
+                "k_max": row["k_max"],
+                "k_max_over_min": row["k_max"] / row["k_min"] if row["k_min"] > 0 else float("inf"),
+                "spearman_k_objects": row["k_spearman_objects"],
+                "budget": budget,
+                "retention": row["retention"],
+                "equal_k": compare_to(row, best_baseline(rows, budget, "k"), unpruned),
+                "equal_flops": compare_to(row, best_baseline(rows, budget, "flops"), unpruned),
+                "k_buckets": buckets,
+                "bucket_spread_retention": bucket_spread(buckets),
+                "bucket_spread_accuracy": bucket_spread(buckets, "accuracy"),
+            }
+        )
+    report = {**baselines, "rows": rows, "selectors": summaries}
+    add_intervals(report)
+    for summary, row in zip(summaries, rows[-len(summaries) :] if summaries else [], strict=True):
+        summary["retention_ci"] = row["retention_ci"]
+        summary["prefill_tflops"] = row["prefill_tflops"]
+    report["groups"] = groups(summaries)
+    return report
+
+
+def groups(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std over seeds per (surrogate, target K)."""
+    keyed: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    for s in summaries:
+        keyed.setdefault((s["surrogate"], s["target_k"]), []).append(s)
+
+    def mean_std(values: list[float]) -> tuple[float, float]:
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    out = []
+    for (surrogate, target), members in sorted(keyed.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        entry: dict[str, Any] = {"surrogate": surrogate, "target_k": target, "seeds": len(members)}
+        for field, values in (
+            ("k_mean", [m["k_mean"] for m in members]),
+            ("retention", [m["retention"] for m in members]),
+            ("spearman_k_objects", [m["spearman_k_objects"] for m in members]),
+            ("diff_equal_k", [m["equal_k"].get("diff_retention") for m in members]),
+            ("diff_equal_flops", [m["equal_flops"].get("diff_retention") for m in members]),
+        ):
+            if all(v is not None for v in values):
+                entry[field], entry[field + "_std"] = mean_std(values)
+        out.append(entry)
+    return out
+
+
+def _difference(side: dict[str, Any]) -> str:
+    if not side.get("reference"):
+        return "n/a"
+    cell = with_interval(side["diff_retention"], side["diff_retention_ci"], signed=True)
+    return f"{side['reference']} ({100 * side['reference_retention']:.1f}): {cell}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """One row per selector, one per (surrogate, target) group, then each selector's K buckets."""
+    head = (
+        f"**built-in world, {report['split']} split: {report['questions']} questions, {report['visual_tokens']} "
+        "visual tokens; 95 % paired-bootstrap intervals over questions, differences in retention points**\n"
+    )
+    lines = [
+        head,
+        "| selector | surrogate | target K | K mean (min-max) | rho(K, objects) | retention % [95% CI] "
+        "| Δ vs best at equal K | Δ vs best at equal FLOPs | bucket spread (ret.) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in report["selectors"]:
+        lines.append(
+            f"| {s['name']} | {s['surrogate']} | {s['target_k'] if s['target_k'] is not None else '-'} | "
+            f"{s['k_mean']:.1f} ({s['k_min']}-{s['k_max']}) | {s['spearman_k_objects']:.2f} | "
+            f"{with_interval(s['retention'], s.get('retention_ci'))} | {_difference(s['equal_k'])} | "
+            f"{_difference(s['equal_flops'])} | {100 * s['bucket_spread_retention']:.1f} |"
+        )
+    lines += [
+        "",
+        "| surrogate | target K | seeds | K mean | retention % (mean ± std) | Δ equal K | Δ equal FLOPs | rho |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def pm(entry: dict[str, Any], field: str, signed: bool = False) -> str:
+        if field not in entry:
+            return "n/a"
+        fmt = "{:+.1f}" if signed else "{:.1f}"
+        return f"{fmt.format(100 * entry[field])} ± {100 * entry[field + '_std']:.1f}"
+
+    for g in report["groups"]:
+        lines.append(
+            f"| {g['surrogate']} | {g['target_k'] if g['target_k'] is not None else '-'} | {g['seeds']} | "
+            f"{g['k_mean']:.1f} | {pm(g, 'retention')} | {pm(g, 'diff_equal_k', True)} | "
+            f"{pm(g, 'diff_equal_flops', True)} | {g['spearman_k_objects']:.2f} |"
+        )
+    for s in report["selectors"]:
+        lines += ["", f"Accuracy per K bucket, {s['name']}:", "", k_bucket_markdown(s["k_buckets"])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baselines", required=True, help="a world report JSON (steprune eval --suite world)")
+    parser.add_argument("--selector", action="append", required=True, help="NAME=PATH of a .safetensors, repeatable")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", default="reports/stepprune_study")
+    args = parser.parse_args(argv)
+    baselines_path = Path(args.baselines)
+    if not baselines_path.is_file():
+        parser.error(f"--baselines: no report at {baselines_path} (make one with steprune eval --suite world)")
+    selectors = [parse_selector(spec) for spec in args.selector]
+    baselines = json.loads(baselines_path.read_text())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    PRUNERS.get("steprune")
+    report = study(baselines, selectors, args.batch_size)
+    report["baselines_report"] = str(baselines_path)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
