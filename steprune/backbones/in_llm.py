@@ -79,6 +79,9 @@ class InLLMPruning:
         self.image_positions: Tensor | None = None  # (B, n) positions within the current sequence
         self.layer_inputs: dict[int, Tensor] = {}
         self.kept_tokens = []
+        self.shift: Tensor | None = None  # (B, S_j) renumbering: dropped visual tokens before each kept column
+        self.dropped: Tensor | None = None  # (B,) renumbering: visual tokens dropped so far
+        self.layer_dropped: dict[int, Tensor] = {}  # layer -> `dropped` as it ran the prefill (decode shift)
 
     def __enter__(self) -> InLLMPruning:
         first = self.decoder.layers[0]
@@ -108,6 +111,8 @@ class InLLMPruning:
             self.cols = torch.arange(self.full_len, device=hidden.device).expand(rows, -1)
             self.image_positions = slots.nonzero()[:, 1].view(rows, -1)
             self.kept_tokens = [(0, self.image_positions.shape[1])]
+            self.shift = torch.zeros_like(self.cols)
+            self.dropped = torch.zeros(rows, dtype=torch.long, device=hidden.device)
         self._prefill = is_prefill
 
     def _expansion(self, hidden: Tensor) -> int:
@@ -147,16 +152,33 @@ class InLLMPruning:
             if index >= self.first_drop:
                 if self._prefill:
                     self.layer_cols[index] = self.cols
+                    self.layer_dropped[index] = self.dropped
                 kwargs = self._slice_kwargs(kwargs, hidden.shape[1], self.layer_cols[index])
+                if not self._prefill and bool(self.layer_dropped[index].any()):  # renumbered: decode follows
+                    cos, sin = kwargs["position_embeddings"]  # (B, T, dh) of the new tokens
+                    shift = self.layer_dropped[index].unsqueeze(1).expand(-1, cos.shape[1])
+                    kwargs["position_embeddings"] = self._shifted(cos, sin, shift)
             return (hidden, *args), kwargs
 
         return hook
 
     def _current_posemb(self, kwargs: dict) -> tuple[Tensor, Tensor]:
         cos, sin = kwargs["position_embeddings"]  # (B, S_full, dh) from the decoder, or already sliced
-        if cos.shape[1] == self.cols.shape[1]:
-            return cos, sin
-        return _gather_seq(cos, self.cols, 1), _gather_seq(sin, self.cols, 1)
+        if cos.shape[1] != self.cols.shape[1]:
+            cos, sin = _gather_seq(cos, self.cols, 1), _gather_seq(sin, self.cols, 1)
+        if bool(self.shift.any()):  # renumbered columns: their positions minus the drops before them
+            cos, sin = self._shifted(cos, sin, self.shift)
+        return cos, sin
+
+    def _shifted(self, cos: Tensor, sin: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+        """Rotary cos/sin (B, S, dh) of positions p moved to p - shift (B, S): angle subtraction, so it holds for
+        1-D RoPE and M-RoPE alike (every component moves by the same shift)."""
+        rotary = self.decoder.rotary_emb
+        if getattr(rotary, "attention_scaling", 1.0) != 1.0:
+            raise ValueError("renumbered positions need a rotary embedding without attention scaling")
+        cos_s, sin_s = rotary(cos, shift)  # (B, S, dh) at the shift itself
+        c, s, cs, ss = cos.float(), sin.float(), cos_s.float(), sin_s.float()
+        return (c * cs + s * ss).to(cos.dtype), (s * cs - c * ss).to(sin.dtype)
 
     def _drop(self, index: int, hidden: Tensor, kwargs: dict) -> Tensor:
         r = self.expand
@@ -189,6 +211,12 @@ class InLLMPruning:
         is_image = torch.zeros_like(keep)
         is_image.scatter_(1, chosen_pos, True)
         self.image_positions = is_image.gather(1, relative).nonzero()[:, 1].view(b, -1)
+        shift = self.shift
+        if self.drops[index].renumber:
+            removed = (~keep).long()  # (B, S_j) only visual tokens are ever removed
+            shift = shift + removed.cumsum(dim=1) - removed
+            self.dropped = self.dropped + removed.sum(dim=1)
+        self.shift = shift.gather(1, relative)
         self.cols = self.cols.gather(1, relative)
         self.kept_tokens.append((index, self.image_positions.shape[1]))
         return _gather_seq(hidden, relative, 1)

@@ -144,10 +144,13 @@ class LayerDrop:
 
     `choose(view)` gets a `LayerView` of the sequence entering that layer and returns (B, k) indices
     into the visual tokens still alive (positions within `view.image_positions`), any order.
+    `renumber`: from this layer on, rotary positions close the gaps the drop leaves (each kept token's position
+    minus the visual tokens dropped before it; decoding continues right after) instead of staying original.
     """
 
     layer: int
     choose: Callable[[LayerView], Tensor]
+    renumber: bool = False
 
 
 @runtime_checkable

@@ -38,7 +38,14 @@ FLOPs: `select` costs nothing; the drops' q/k projections and attention rows are
 Text-free mode (`ctx.text_free`): the query is the last surviving *visual* token instead of the last prompt
 token; under causal attention it has not seen the question, so the ranking does not depend on the prompt.
 
-Differences from the authors' code (Cooperx521/PyramidDrop): batched (no per-sample loop; left padding, the last
+Faithful mode (`faithful=True`, opt-in; the same option name as the other methods): the authors' positions —
+from each drop on, the kept tokens' rotary positions are renumbered contiguously (position minus the visual tokens
+dropped before it) and decoding continues from the shortened length, as their `pdrop_forward` does in prefill
+and decode (`LayerDrop.renumber`) — and their int() truncation of N * ratio under `ratios`. Later drops then
+score with the renumbered positions, so the kept sets differ from the default's after the first drop.
+
+Differences from the authors' code (Cooperx521/PyramidDrop; `faithful=True` undoes the positions and the
+rounding): batched (no per-sample loop; left padding, the last
 prompt token sits at S - 1) instead of right-padded per-sample loops with a stored prompt length; counts rounded
 half up instead of int() truncation; GQA keys repeated per head; kept tokens keep their *original* rotary
 positions (the in-LLM session keeps positions for every in-LLM method) where the authors renumber positions
@@ -110,6 +117,7 @@ class PyramidDropPruner(PrePrunerBase):
         decay: float = 0.5,
         ratios: Sequence[float] | None = None,
         shift_layers: bool = True,
+        faithful: bool = False,
     ) -> None:
         if len(layers) == 0 or list(layers) != sorted(layers) or layers[0] <= 0:
             raise ValueError(f"layers must be positive and increasing (32-layer scale), got {layers}")
@@ -121,12 +129,14 @@ class PyramidDropPruner(PrePrunerBase):
         self.decay = decay
         self.ratios = None if ratios is None else tuple(ratios)
         self.shift_layers = shift_layers
+        self.faithful = faithful
 
     def schedule(self, num_tokens: int, num_layers: int, budget: int) -> list[tuple[int, int]]:
         """[(layer, visual tokens kept from that layer on)] for N = `num_tokens` on a `num_layers`-deep LLM."""
         n = num_tokens
         if self.ratios is not None:
-            counts = [min(max(round_half_up(n * r), 1), n) for r in self.ratios]
+            rounding = math.floor if self.faithful else round_half_up  # the authors: int(N * ratio)
+            counts = [min(max(int(rounding(n * r)), 1), n) for r in self.ratios]
             return merge_stages(scale_layers(self.layers, num_layers), counts)
         steps = range(max(round_half_up(self.layers[0]), 1), 0, -1) if self.shift_layers else [self.layers[0]]
         for j in steps:
@@ -149,7 +159,8 @@ class PyramidDropPruner(PrePrunerBase):
 
     def layer_drops(self, ctx: PruneContext, num_layers: int) -> list[LayerDrop]:
         stages = self.schedule(ctx.num_tokens, num_layers, ctx.budget)
-        return [LayerDrop(layer, partial(self.choose, keep=k, text_free=ctx.text_free)) for layer, k in stages]
+        choose = partial(self.choose, text_free=ctx.text_free)
+        return [LayerDrop(layer, partial(choose, keep=k), renumber=self.faithful) for layer, k in stages]
 
     @staticmethod
     def choose(view: LayerView, keep: int, text_free: bool = False) -> Tensor:

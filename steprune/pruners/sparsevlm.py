@@ -35,7 +35,14 @@ FLOPs: the q/k projections and attention rows are counted by the `LayerView`; th
 Text-free mode (`ctx.text_free`): no text raters. Every surviving visual token rates: score_j = mean over the
 visual tokens i >= j (the ones that can see j under causal attention) of the head-averaged attention i -> j.
 
-Differences from the authors' code (Gumpest/SparseVLMs): batched with left padding (theirs: batch 1, prompt
+Faithful mode (`faithful=True`, opt-in; the same option name as the other methods): the authors' positions — from
+each drop on the kept tokens' rotary positions are compacted (position minus the visual tokens dropped before it;
+decoding continues from each layer's cached length, as their `get_usable_length`), via `LayerDrop.renumber` — and
+their k_i = min(schedule, surviving - 1). The drop layer itself already runs on the survivors (theirs: layer k on
+all tokens), with compacted positions.
+
+Differences from the authors' code (Gumpest/SparseVLMs; `faithful=True` undoes the positions and the forced
+drop): batched with left padding (theirs: batch 1, prompt
 offsets passed in); the attention row is computed explicitly from layer k's q/k so the model keeps SDPA; layer k
 itself already runs on the survivors (the authors run layer k on all tokens, then prune its output — the scores
 are the same, layer k's attention); k_i = min(schedule, surviving) where they force at least one drop
@@ -91,13 +98,19 @@ class SparseVLMPruner(PrePrunerBase):
 
     reads_text = True
 
-    def __init__(self, layers: Sequence[float] = (2, 6, 15), raters: Literal["input", "layer"] = "input") -> None:
+    def __init__(
+        self,
+        layers: Sequence[float] = (2, 6, 15),
+        raters: Literal["input", "layer"] = "input",
+        faithful: bool = False,
+    ) -> None:
         if len(layers) != 3 or list(layers) != sorted(layers) or layers[0] <= 0:
             raise ValueError(f"layers must be three increasing positive indices (32-layer scale), got {layers}")
         if raters not in ("input", "layer"):
             raise ValueError(f"raters must be 'input' or 'layer', got {raters!r}")
         self.layers = tuple(layers)
         self.raters = raters
+        self.faithful = faithful
 
     def schedule(self, num_tokens: int, num_layers: int, budget: int) -> list[tuple[int, int]]:
         """[(layer, visual tokens kept from that layer on)] for N = `num_tokens` on a `num_layers`-deep LLM."""
@@ -119,7 +132,7 @@ class SparseVLMPruner(PrePrunerBase):
         stages = self.schedule(ctx.num_tokens, num_layers, ctx.budget)
         cache: dict[str, Tensor] = {}  # input-embedding raters, (re)computed at the first drop of each prefill
         return [
-            LayerDrop(layer, partial(self.choose, ctx=ctx, keep=k, cache=cache, first=i == 0))
+            LayerDrop(layer, partial(self.choose, ctx=ctx, keep=k, cache=cache, first=i == 0), renumber=self.faithful)
             for i, (layer, k) in enumerate(stages)
         ]
 
@@ -129,6 +142,7 @@ class SparseVLMPruner(PrePrunerBase):
         """(B, k) indices into `view.image_positions` of the visual tokens kept from `view.layer` on."""
         image = view.image_positions  # (B, n)
         b, n = image.shape
+        keep = min(keep, n - 1) if self.faithful and n > 1 else keep  # the authors drop at least one token
         if ctx.text_free:
             attention = view.attention_rows(view.layer, image).mean(dim=1)  # (B, n, S) visual rows
             a = attention.gather(2, image.unsqueeze(1).expand(-1, n, -1))  # (B, n, n), lower triangular

@@ -21,6 +21,8 @@ from steprune.eval.flops import equivalent_visual_tokens
 from steprune.pruned_vlm import PrunedVLM
 from steprune.pruners import PRUNERS, LayerDrop, PruneContext
 from steprune.pruners.pdrop import PyramidDropPruner, scale_layers
+from tests.inputs import select_sample
+from tests.renumbered import assert_generate_matches_renumbered_run
 
 QUESTIONS = ["What colour is the square?", "Is there a circle in the image? How many objects are there?"]
 BUDGET = 32  # tiny LLaVA below: N = 64 visual tokens, 4 layers -> drops at 1/2/3 keeping 37/18/9
@@ -51,7 +53,7 @@ class Recording(PyramidDropPruner):
 
             return run
 
-        return [LayerDrop(d.layer, wrap(d.choose)) for d in super().layer_drops(ctx, num_layers)]
+        return [LayerDrop(d.layer, wrap(d.choose), d.renumber) for d in super().layer_drops(ctx, num_layers)]
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +108,28 @@ def hand_attention_row(layer, config, hidden: torch.Tensor, positions: list[int]
     return row
 
 
+def renumbered(cols: list[int], mask: list[int]) -> list[int]:
+    """The authors' positions after drops: real tokens numbered 0, 1, ... over the columns left; padding 1."""
+    rank = [sum(mask[c] for c in cols[: i + 1]) - 1 for i in range(len(cols))]
+    return [rank[i] if mask[c] else 1 for i, c in enumerate(cols)]
+
+
+def test_faithful_prefill_and_decode_match_a_renumbered_run(llava):
+    """One prompt alone: logits of the pruned prefill and of the first cached decode step == a naive layer-by-layer
+    run that drops the same tokens and numbers every layer's sequence 0..S_j - 1 (the authors' pdrop_forward)."""
+    model, processor, inputs = llava
+    single = select_sample(inputs, 1)
+    prefill = assert_generate_matches_renumbered_run(model, processor, Recording(faithful=True), single, BUDGET)
+    default = PrunedVLM(model, processor, method="pdrop", budget=BUDGET)(**single).logits[0, -1]
+    assert not torch.allclose(default, prefill, atol=1e-5)  # the positions matter
+
+
+def test_faithful_truncates_the_paper_ratios():
+    ratios = (0.5, 0.25, 0.125)  # N = 100: 12.5 -> int() 12, round half up 13
+    assert PyramidDropPruner(ratios=ratios, faithful=True).schedule(100, 32, 10) == [(8, 50), (16, 25), (24, 12)]
+    assert PyramidDropPruner(ratios=ratios).schedule(100, 32, 10) == [(8, 50), (16, 25), (24, 13)]
+
+
 def test_first_drop_matches_eager_attentions(llava):
     model, processor, inputs = llava
     pruner = Recording()
@@ -125,10 +149,11 @@ def test_first_drop_matches_eager_attentions(llava):
         assert_same_choice([float(row[j]) for j in image], first["chosen"][b].tolist(), k)
 
 
-@pytest.mark.parametrize("text_free", [False, True])
-def test_every_drop_matches_hand_attention(llava, text_free):
+@pytest.mark.parametrize(("text_free", "faithful"), [(False, False), (True, False), (False, True)])
+def test_every_drop_matches_hand_attention(llava, text_free, faithful):
+    """faithful: the authors' positions, renumbered contiguously over the real tokens left after each drop."""
     model, processor, inputs = llava
-    pruner = Recording()
+    pruner = Recording(faithful=faithful)
     out = PrunedVLM(model, processor, method=pruner, budget=BUDGET, text_free=text_free)(**inputs)
     config = model.config.text_config
     decoder = model.model.language_model
@@ -148,7 +173,7 @@ def test_every_drop_matches_hand_attention(llava, text_free):
                 decoder.layers[drop["layer"]],
                 config,
                 drop["hidden"][b],
-                [full_positions[c] for c in cols],
+                renumbered(cols, mask) if faithful else [full_positions[c] for c in cols],
                 [bool(mask[c]) for c in cols],
                 query,
             )

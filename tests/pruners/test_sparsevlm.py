@@ -20,6 +20,8 @@ from steprune.backbones.tiny import tiny_llava, tiny_qwen2_5_vl
 from steprune.pruned_vlm import PrunedVLM
 from steprune.pruners import PRUNERS, LayerDrop, PruneContext
 from steprune.pruners.sparsevlm import SparseVLMPruner
+from tests.inputs import select_sample
+from tests.renumbered import assert_generate_matches_renumbered_run
 
 QUESTIONS = ["What colour is the square?", "Is there a circle in the image? How many objects are there?"]
 BUDGET = 16  # tiny LLaVA below: N = 64, 4 layers -> drops at 1/2/3 keeping 34/15/6
@@ -50,7 +52,7 @@ class Recording(SparseVLMPruner):
 
             return run
 
-        return [LayerDrop(d.layer, wrap(d.choose)) for d in super().layer_drops(ctx, num_layers)]
+        return [LayerDrop(d.layer, wrap(d.choose), d.renumber) for d in super().layer_drops(ctx, num_layers)]
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +182,23 @@ def test_every_drop_matches_hand_attention(llava, mode):
             assert_same_choice(scores, chosen, len(chosen))
             dropped = {cols[image[i]] for i in range(len(image)) if i not in chosen}
             cols = [c for c in cols if c not in dropped]
+
+
+def test_faithful_prefill_and_decode_match_a_compacted_run(llava):
+    """One prompt alone: the authors' compacted positions (every layer from a drop on numbers its sequence
+    0..S_j - 1, decode continues at each layer's cached length) == a naive layer-by-layer run."""
+    model, processor, inputs, _ = llava
+    single = select_sample(inputs, 0)
+    assert_generate_matches_renumbered_run(model, processor, Recording(faithful=True), single, BUDGET)
+
+
+def test_faithful_always_drops_one(llava):
+    """The authors keep min(schedule, surviving - 1): at budget N (the table keeps all 64) each drop still drops one."""
+    model, processor, inputs, _ = llava
+    for faithful, kept in [(True, [63, 62, 61]), (False, [64, 64, 64])]:
+        pruner = Recording(faithful=faithful)
+        PrunedVLM(model, processor, method=pruner, budget=64)(**inputs)
+        assert [d["chosen"].shape[1] for d in pruner.seen] == kept
 
 
 AUTHORS_V1_TABLE = {192: [300, 200, 110], 128: [303, 110, 36], 96: [238, 48, 26], 64: [66, 30, 17]}  # score.py, v1
