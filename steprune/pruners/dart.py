@@ -22,7 +22,14 @@ Text-free mode (`ctx.text_free`): no text pivots; the image pivots share all slo
 attention the visual tokens' keys and hidden states never see the text after the image, so the choice
 is then independent of the question.
 
-Differences from the authors' code (`get_retained_image_token`, LLaVA `modeling_llama.py`):
+Faithful mode (`faithful=True`, opt-in; the same option name as the other methods): the authors' pivot order and
+counts — the pivots are visited in the iteration order of the Python `set` of their sequence positions (CPython's
+order for those ints, taken on the unpadded sequence, i.e. positions minus the sample's left padding; their
+positions count their own LLaVA prompt, so the order matches theirs only for the same prompt layout) and each
+pivot takes M // (number of pivots) tokens, so the image pivots + 8 * (M // 8) tokens survive (capped at N).
+
+Differences from the authors' code (`get_retained_image_token`, LLaVA `modeling_llama.py`; `faithful=True` undoes
+the first two):
 - they keep `4 + 8 * (M // 8)` image tokens (image pivots on top of M // 8 per pivot); we keep exactly M;
 - they iterate the pivots as a Python `set` (incidental order); we visit them in sequence order;
 - hard-coded image offsets and batch size 1 (`any_states[0]`) become per-sample positions on a padded batch;
@@ -48,6 +55,26 @@ def pivot_shares(budget: int, image_pivots: int, text_pivots: int) -> list[int]:
     pivots = image_pivots + text_pivots
     base, rem = divmod(budget - image_pivots, pivots)
     return [base + (j < rem) for j in range(pivots)]
+
+
+def set_order(sequence: Tensor) -> Tensor:
+    """(B, P) long: per sample, the pivots (given by distinct sequence positions) in the order CPython iterates
+    `set(positions)` — the authors' `for item in list(indices_set)`."""
+    rows = []
+    for values in sequence.tolist():
+        rows.append([values.index(v) for v in set(values)])
+    return torch.tensor(rows, dtype=torch.long, device=sequence.device)
+
+
+def authors_shares(budget: int, num_tokens: int, image_pivots: int, pivots: int) -> list[int]:
+    """The authors' M // pivots tokens per pivot, trimmed from the last pivot on so that at most N survive."""
+    shares = [budget // pivots] * pivots
+    excess = image_pivots + sum(shares) - num_tokens
+    for j in range(pivots - 1, -1, -1):
+        cut = min(max(excess, 0), shares[j])
+        shares[j] -= cut
+        excess -= cut
+    return shares
 
 
 def least_similar_greedy(features: Tensor, pivots: Tensor, shares: list[int], taken: Tensor) -> Tensor:
@@ -76,7 +103,12 @@ class DARTPruner:
     adaptive = False
 
     def __init__(
-        self, layer: int = 2, image_pivots: int = 4, text_pivots: int = 4, reference_layers: int | None = 32
+        self,
+        layer: int = 2,
+        image_pivots: int = 4,
+        text_pivots: int = 4,
+        reference_layers: int | None = 32,
+        faithful: bool = False,
     ) -> None:
         if layer < 1 or image_pivots < 1 or text_pivots < 0:
             raise ValueError(
@@ -87,6 +119,7 @@ class DARTPruner:
         self.image_pivots = image_pivots
         self.text_pivots = text_pivots
         self.reference_layers = reference_layers
+        self.faithful = faithful
 
     def select(self, ctx: PruneContext) -> PruneResult:
         return PruneResult.keep_all(ctx.batch_size, ctx.num_tokens, ctx.device)
@@ -125,6 +158,11 @@ class DARTPruner:
         taken = torch.zeros(b, n, dtype=torch.bool, device=positions.device)
         taken.scatter_(1, image_pivot, True)
         shares = pivot_shares(budget, image_pivots, text_pivots)
+        if self.faithful:
+            pad = (~view.valid).long().sum(dim=1, keepdim=True)  # (B, 1) left padding
+            sequence = torch.cat([positions.gather(1, image_pivot), text_pivot], dim=1) - pad  # (B, P) unpadded
+            pivots = pivots.gather(1, set_order(sequence).unsqueeze(-1).expand(-1, -1, d))
+            shares = authors_shares(budget, n, image_pivots, image_pivots + text_pivots)
         picked = least_similar_greedy(image_feat, pivots, shares, taken)  # (B, budget - P_i)
         # FLOPs beyond the k projection the view counts: key L1 norms, norm + normalise, cosines
         h, dh = keys.shape[1], keys.shape[3]
@@ -135,5 +173,5 @@ class DARTPruner:
     def __repr__(self) -> str:
         return (
             f"DARTPruner(layer={self.layer}, image_pivots={self.image_pivots}, text_pivots={self.text_pivots}, "
-            f"reference_layers={self.reference_layers})"
+            f"reference_layers={self.reference_layers}, faithful={self.faithful})"
         )

@@ -64,7 +64,7 @@ def llava64():
     return tiny_llava(text_layers=4, image_size=64)  # N = 64 visual tokens
 
 
-def naive_dart(model, spliced, layer, budget, image_pivots=4, text_pivots=4):
+def naive_dart(model, spliced, layer, budget, image_pivots=4, text_pivots=4, faithful=False):
     """Plain loops over samples and tokens on HF hidden states; keys and RoPE rebuilt from the layer weights."""
     lm = model.model.language_model
     kwargs = spliced.model_kwargs()
@@ -89,6 +89,10 @@ def naive_dart(model, spliced, layer, budget, image_pivots=4, text_pivots=4):
         pivots = img_piv + txt_piv
         extra = budget - n_img
         shares = [extra // len(pivots) + (j < extra % len(pivots)) for j in range(len(pivots))]
+        if faithful:  # the authors: `for item in list(set(pivots))` on unpadded positions, M // pivots each
+            pad = int((spliced.attention_mask[i] == 0).sum())
+            pivots = [p + pad for p in list({p - pad for p in pivots})]
+            shares = [budget // len(pivots)] * len(pivots)
         pool = [p for p in images if p not in img_piv]
         keep = list(img_piv)
         for pivot, share in zip(pivots, shares, strict=True):
@@ -112,6 +116,21 @@ def test_dart_matches_naive(llava64, budget, text_free):
     assert chosen.shape == (2, budget)
     prepared = vlm.prepare(**batch)
     ref = naive_dart(model, prepared.spliced, 2, budget, text_pivots=0 if text_free else 4)
+    assert [sorted(c.tolist()) for c in chosen] == ref
+
+
+@pytest.mark.parametrize("budget,text_free", [(23, False), (40, False), (13, True)])
+def test_faithful_matches_the_authors_order_and_counts(llava64, budget, text_free):
+    """The authors visit the pivots in Python-set order and give each M // pivots tokens (4 + 8 * (M // 8) kept)."""
+    model, processor = llava64
+    batch = make_inputs(processor, 64)
+    rec = Recorder(DARTPruner(layer=2, reference_layers=None, faithful=True))
+    vlm = PrunedVLM(model, processor, method=rec, budget=budget, text_free=text_free)
+    vlm(**batch)
+    (chosen,) = rec.chosen
+    pivots = 4 if text_free else 8
+    assert chosen.shape == (2, 4 + pivots * (budget // pivots))
+    ref = naive_dart(model, vlm.prepare(**batch).spliced, 2, budget, text_pivots=0 if text_free else 4, faithful=True)
     assert [sorted(c.tolist()) for c in chosen] == ref
 
 
