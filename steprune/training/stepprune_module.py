@@ -17,7 +17,9 @@ through `PrunedVLM.generate`) and reports accuracy, K and retention.
 
 Only selector parameters train; the frozen MLLM is never written to a checkpoint (it is re-loaded from
 `backbone`), so a checkpoint holds the selector, the k̄ running average, the optimiser state and the
-backbone's fingerprint: resuming on another backbone (a rebuilt base) raises `BackboneMismatchError`.
+backbone's fingerprint: resuming on another backbone (a rebuilt base) raises `BackboneMismatchError`. It also
+holds every RNG the training step draws from (the global ones through `RNGCheckpoint`, the explore generator
+here), so `--ckpt_path last` continues bit for bit as the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from steprune.pruned_vlm import PrunedVLM
 from steprune.pruners.stepprune import StepPrunePruner
 from steprune.selector.scores import Aggregation
 from steprune.selector.selector import StepPruneSelector
+from steprune.training.rng_state import RNGCheckpoint
 
 BACKBONE_PREFIX = "vlm."
 VALIDATION_METRICS = ("val/acc", "val/k_mean", "val/k_min", "val/k_max", "val/unpruned_acc", "val/retention")
@@ -124,6 +127,7 @@ class StepPruneModule(L.LightningModule):
         self.budget_controller: Any = None  # a BudgetController with a target sets itself here on train start
         self.last_k_stats: tuple[float, int, int, int] | None = None  # (mean hard K, N, T_max, step), for it
         self._explore_generator: torch.Generator | None = None
+        self._explore_state: Tensor | None = None  # its state from a checkpoint, applied when it is created
         self.register_buffer("k_bar", torch.tensor(-1.0))  # running mean of the hard K (-1: unset)
         self.register_buffer("unpruned_acc", torch.tensor(-1.0))  # cached: the frozen model never changes
         self.strict_loading = False  # checkpoints carry no backbone weights
@@ -147,14 +151,21 @@ class StepPruneModule(L.LightningModule):
         self.vlm.eval()  # frozen: no dropout, ever
         return self
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The global RNGs travel with every checkpoint (`RNGCheckpoint`), so a resume is exact bit for bit."""
+        return [RNGCheckpoint()]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(BACKBONE_PREFIX)]:
             del state[key]
         checkpoint["backbone_fingerprint"] = self.backbone_fingerprint
+        if self._explore_generator is not None:  # the sampled pointer actions continue exactly on resume
+            checkpoint["explore_generator"] = self._explore_generator.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume a selector trained on another backbone (e.g. after `make base ARGS=--force`)."""
+        self._explore_state = checkpoint.get("explore_generator")
         saved = checkpoint.get("backbone_fingerprint")
         if saved is None:
             rank_zero_warn("this checkpoint predates backbone fingerprints: it is resumed without that check")
@@ -178,6 +189,8 @@ class StepPruneModule(L.LightningModule):
         if self._explore_generator is None:  # seeded from the run's seed and rank, never the global RNG
             rank = self.global_rank if self._trainer is not None else 0
             self._explore_generator = torch.Generator().manual_seed(torch.initial_seed() % 2**31 + rank)
+            if self._explore_state is not None:  # resumed: where the checkpointed run left it
+                self._explore_generator.set_state(self._explore_state)
         return self._explore_generator
 
     def _lm_paper(self, batch: dict[str, Tensor], out: dict[str, Tensor]) -> Any:
