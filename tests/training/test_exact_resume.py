@@ -38,12 +38,10 @@ class KillAt(L.Callback):
             raise Killed(f"killed at step {self.step}")
 
 
-def fit(
-    backbone: str, root: Path, surrogate: str, extra: list[L.Callback], ckpt: Path | None = None
-) -> StepPruneModule:
+def fit(base: str, root: Path, surrogate: str, extra: list[L.Callback], ckpt: Path | None = None) -> StepPruneModule:
     L.seed_everything(0)
-    module = StepPruneModule(backbone, t_max=4, warmup_steps=1, surrogate=surrogate, explore=surrogate == "removal")
-    data = WorldDataModule(backbone, world={"max_objects": 3}, batch_size=2, val_size=2, val_batch_size=2)
+    module = StepPruneModule(base, t_max=4, warmup_steps=1, surrogate=surrogate, explore=surrogate == "removal")
+    data = WorldDataModule(base, world={"max_objects": 3}, batch_size=2, val_size=2, val_batch_size=2)
     checkpoints = ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0, every_n_train_steps=1)
     trainer = L.Trainer(
         max_steps=STEPS,
