@@ -48,6 +48,12 @@ class LogConfigToMLflow(SaveConfigCallback):
 
 
 class StepPruneCLI(LightningCLI):
+    def before_fit(self) -> None:
+        """Unwritable checkpoint dir, broken resume checkpoint, read-only MLflow DB: said before any step runs."""
+        from steprune.training.preflight import check_fit_outputs
+
+        check_fit_outputs(self.trainer, self.config[self.subcommand].get("ckpt_path"))
+
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
         parser.add_lightning_class_args(TextGateSchedule, "text_gate")
         parser.add_lightning_class_args(TemperatureSchedule, "temperature")
