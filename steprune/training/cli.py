@@ -6,7 +6,8 @@
 
 Defaults: MLflow tracking in a SQLite database under the project (`sqlite:///mlruns.db`, see `make mlflow-ui`),
 checkpoints under `checkpoints/` with `last.ckpt` (resume with `--ckpt_path last`), written atomically
-(`AtomicCheckpointIO`: a full disk keeps the previous `last.ckpt`), the text-gate and
+(`AtomicCheckpointIO`: a full disk keeps the previous `last.ckpt`) with the MLflow run they belong to (a resume
+logs on into that run, `steprune.training.mlflow_run`), the text-gate and
 temperature schedules as stateful callbacks, and the trained selector exported to
 `artifacts/selector.safetensors`. YAML files pick classes with `class_path` / `init_args`.
 """
@@ -25,6 +26,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from steprune.training.budget import BudgetController
 from steprune.training.export import ExportSelector
+from steprune.training.mlflow_run import MLflowRunResume
 from steprune.training.schedules import LengthPenaltySchedule, TemperatureSchedule, TextGateSchedule
 from steprune.training.stepprune_module import StepPruneModule
 
@@ -52,7 +54,11 @@ class StepPruneCLI(LightningCLI):
         """Unwritable checkpoint dir, broken resume checkpoint, read-only MLflow DB: said before any step runs."""
         from steprune.training.preflight import check_fit_outputs
 
-        check_fit_outputs(self.trainer, self.config[self.subcommand].get("ckpt_path"))
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        check_fit_outputs(self.trainer, ckpt_path)
+        for callback in self.trainer.callbacks:  # --ckpt_path: continue the checkpoint's MLflow run
+            if isinstance(callback, MLflowRunResume):
+                callback.attach(self.trainer, ckpt_path)
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
         parser.add_lightning_class_args(TextGateSchedule, "text_gate")
@@ -60,12 +66,13 @@ class StepPruneCLI(LightningCLI):
         parser.add_lightning_class_args(LengthPenaltySchedule, "length_warmup")
         parser.add_lightning_class_args(BudgetController, "budget")
         parser.add_lightning_class_args(ExportSelector, "export")
+        parser.add_lightning_class_args(MLflowRunResume, "mlflow_resume")
         parser.link_arguments("model.backbone", "data.init_args.backbone")
         parser.link_arguments("budget.target_k", "export.calibrate_to")  # a target K is calibrated exactly at the end
         parser.set_defaults(
             {
                 "trainer.logger": {
-                    "class_path": "lightning.pytorch.loggers.MLFlowLogger",
+                    "class_path": "steprune.training.mlflow_run.ResumableMLFlowLogger",
                     "init_args": {
                         "experiment_name": "stepprune",
                         "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI),

@@ -8,13 +8,20 @@ and the removal surrogate with sampled pointer actions (the module's own explore
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from mlflow import MlflowClient
+from safetensors.torch import load_file
 
 from steprune.data.world_datamodule import WorldDataModule
 from steprune.training.atomic_checkpoint import AtomicCheckpointIO
@@ -23,6 +30,7 @@ from steprune.training.stepprune_module import StepPruneModule
 from tests.training.test_stepprune_module import backbone  # noqa: F401 (fixture)
 
 STEPS = 7
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Killed(Exception):
@@ -74,3 +82,76 @@ def test_a_run_stopped_at_a_random_step_resumes_bit_for_bit(backbone, tmp_path, 
     worst = max((float((expected[k] - got[k]).abs().max()) for k in differ), default=0.0)
     assert not differ, f"stopped at step {stop}: {len(differ)} of {len(expected)} tensors differ (max {worst:.2e})"
     assert torch.equal(full.k_bar, resumed.k_bar)
+
+
+class SigkillAt(L.Callback):
+    """A real kill: SIGKILL to this process at the start of step `step` (the CLI test adds it by class path)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def cli_args(base: str, root: Path, run: str, steps: int, kill_at: int | None = None) -> list[str]:
+    checkpoint = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"dirpath": str(root / run / "checkpoints"), "save_last": True, "every_n_train_steps": 1},
+    }
+    kill = [{"class_path": f"{__name__}.SigkillAt", "init_args": {"step": kill_at}}] if kill_at is not None else []
+    return [
+        "fit",
+        f"--model.backbone={base}",
+        "--model.t_max=4",
+        "--model.warmup_steps=1",
+        "--data=steprune.data.world_datamodule.WorldDataModule",
+        '--data.world={"max_objects": 3}',
+        "--data.batch_size=2",
+        "--data.val_size=2",
+        "--data.val_batch_size=2",
+        f"--trainer.logger.init_args.tracking_uri=sqlite:///{root / 'mlruns.db'}",
+        f"--trainer.logger.init_args.experiment_name={run}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.val_check_interval=3",
+        "--trainer.check_val_every_n_epoch=null",
+        "--trainer.num_sanity_val_steps=0",
+        f"--trainer.max_steps={steps}",
+        f"--trainer.callbacks={json.dumps([checkpoint, *kill])}",
+        f"--export.path={root / run / 'selector.safetensors'}",
+        "--seed_everything=0",
+        "--text_gate.warmup_steps=4",
+        f"--temperature.steps={steps}",
+    ]
+
+
+@pytest.mark.slow
+def test_sigkill_then_ckpt_path_last_continues_the_same_mlflow_run_bit_for_bit(backbone, tmp_path):  # noqa: F811
+    stop = random.Random().randint(1, STEPS - 2)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    train = [sys.executable, "-m", "steprune.cli", "train"]
+    full = subprocess.run([*train, *cli_args(backbone, tmp_path, "full", STEPS)], env=env, cwd=tmp_path)
+    assert full.returncode == 0
+    killed = subprocess.run([*train, *cli_args(backbone, tmp_path, "killed", STEPS, stop)], env=env, cwd=tmp_path)
+    assert killed.returncode == -signal.SIGKILL
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("killed").experiment_id
+    (dead,) = client.search_runs([experiment])
+    assert dead.info.status == "RUNNING"  # what a SIGKILL leaves
+    resumed = subprocess.run(
+        [*train, *cli_args(backbone, tmp_path, "killed", STEPS), "--ckpt_path=last"], env=env, cwd=tmp_path
+    )
+    assert resumed.returncode == 0
+    runs = client.search_runs([experiment])
+    assert [r.info.run_id for r in runs] == [dead.info.run_id], "the resumed fit logs into the killed run"
+    assert runs[0].info.status == "FINISHED"
+    steps = sorted({m.step for m in client.get_metric_history(dead.info.run_id, "train/loss")})
+    assert steps[-1] >= STEPS - 1 and steps[0] == 0, steps
+    expected = load_file(tmp_path / "full" / "selector.safetensors")
+    got = load_file(tmp_path / "killed" / "selector.safetensors")
+    differ = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert expected.keys() == got.keys() and not differ, f"killed at step {stop}: {len(differ)} tensors differ"
