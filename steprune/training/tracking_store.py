@@ -47,6 +47,12 @@ def prepare_tracking_store(uri: str, timeout_s: float = LOCK_TIMEOUT_S) -> str:
     lock_path = path.with_name(path.name + ".lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrackingStoreError(
+            f"cannot create the directory {path.parent} of the MLflow database {path} ({error}): point "
+            "MLFLOW_TRACKING_URI (or the tracking_uri option) at a writable place, e.g. sqlite:///mlruns.db"
+        ) from error
+    try:
         lock = FileLock(str(lock_path), timeout=timeout_s)
         with lock:
             _open(uri, path)
@@ -55,7 +61,7 @@ def prepare_tracking_store(uri: str, timeout_s: float = LOCK_TIMEOUT_S) -> str:
             f"waited {timeout_s:.0f} s for {lock_path}, held by another process migrating {path}: "
             "let it finish, or stop the process that holds it (the lock is released when it exits)"
         ) from error
-    except PermissionError as error:
+    except OSError as error:  # the lock cannot be created: a read-only directory or filesystem
         if not path.is_file():
             raise TrackingStoreError(
                 f"cannot create the MLflow database {path} ({error}): make its directory writable, or point "

@@ -28,3 +28,8 @@ def test_a_broken_db_says_how_to_recover(tmp_path):
     db.write_bytes(b"not a database" * 100)
     with pytest.raises(TrackingStoreError, match=r"(?s)cannot be opened or migrated.*mv .*mlruns.db.broken"):
         prepare_tracking_store(f"sqlite:///{db}")
+
+
+def test_an_impossible_location_is_named_before_mlflow_sees_it():
+    with pytest.raises(TrackingStoreError, match=r"cannot create the directory /proc/steprune.*MLFLOW_TRACKING_URI"):
+        prepare_tracking_store("sqlite:////proc/steprune/mlruns.db")
