@@ -32,6 +32,7 @@ def test_the_table4_ablation_holds_the_papers_five_rows():
     assert len(others) == 4 and all(sum(v[k] != reference[k] for k in reference) == 1 for v in others)
     assert len(grid.variants) == 8 and all(v in grid.variants.values() for v in table4.variants.values())
     assert len(table4.seeds) >= 3 and table4.seeds == grid.seeds
+    assert "--budget.target_k=16" in table4.training.train_args  # every variant at the same mean K (calibrated)
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.name for p in SWEEP_FILES])
