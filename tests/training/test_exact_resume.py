@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -46,23 +47,28 @@ class KillAt(L.Callback):
             raise Killed(f"killed at step {self.step}")
 
 
-def fit(base: str, root: Path, surrogate: str, extra: list[L.Callback], ckpt: Path | None = None) -> StepPruneModule:
-    L.seed_everything(0)
-    module = StepPruneModule(base, t_max=4, warmup_steps=1, surrogate=surrogate, explore=surrogate == "removal")
-    data = WorldDataModule(base, world={"max_objects": 3}, batch_size=2, val_size=2, val_batch_size=2)
+def stoppable_trainer(root: Path, steps: int, callbacks: list[L.Callback], **options: Any) -> L.Trainer:
+    """A quiet CPU trainer for `steps` steps writing root/last.ckpt after every step (what a resume reads)."""
     checkpoints = ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0, every_n_train_steps=1)
-    trainer = L.Trainer(
-        max_steps=STEPS,
+    return L.Trainer(
+        max_steps=steps,
         accelerator="cpu",
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        val_check_interval=3,
         limit_val_batches=1,
         num_sanity_val_steps=0,
-        plugins=[AtomicCheckpointIO()],
-        callbacks=[checkpoints, TextGateSchedule(4), TemperatureSchedule(2.0, 1.0, steps=STEPS), *extra],
+        callbacks=[checkpoints, *callbacks],
+        **options,
     )
+
+
+def fit(base: str, root: Path, surrogate: str, extra: list[L.Callback], ckpt: Path | None = None) -> StepPruneModule:
+    L.seed_everything(0)
+    module = StepPruneModule(base, t_max=4, warmup_steps=1, surrogate=surrogate, explore=surrogate == "removal")
+    data = WorldDataModule(base, world={"max_objects": 3}, batch_size=2, val_size=2, val_batch_size=2)
+    schedules = [TextGateSchedule(4), TemperatureSchedule(2.0, 1.0, steps=STEPS)]
+    trainer = stoppable_trainer(root, STEPS, [*schedules, *extra], val_check_interval=3, plugins=[AtomicCheckpointIO()])
     trainer.fit(module, datamodule=data, ckpt_path=ckpt)
     assert trainer.global_step == STEPS
     return module
