@@ -110,8 +110,13 @@ class WorldDataModule(L.LightningDataModule):
 
     def _fixed(self, split: str, size: int) -> DataLoader:
         records = generate_records(split, size, self.cfg, self.hparams.seed)
+        # its own generator: iterating it (a validation) must not draw from the training RNG, or a run resumed
+        # from a checkpoint written just before a validation would continue on a different noise stream
         return DataLoader(
-            records, batch_size=self.hparams.val_batch_size, collate_fn=InstructCollator(self.processor, "eval")
+            records,
+            batch_size=self.hparams.val_batch_size,
+            collate_fn=InstructCollator(self.processor, "eval"),
+            generator=torch.Generator().manual_seed(self.hparams.seed),
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -74,9 +74,11 @@ def fit(base: str, root: Path, surrogate: str, extra: list[L.Callback], ckpt: Pa
     return module
 
 
+@pytest.mark.parametrize("when", ["random", "before-validation"])
 @pytest.mark.parametrize("surrogate", ["paper", "removal"])
-def test_a_run_stopped_at_a_random_step_resumes_bit_for_bit(backbone, tmp_path, surrogate):  # noqa: F811
-    stop = random.Random().randint(1, STEPS - 2)
+def test_a_run_stopped_at_a_random_step_resumes_bit_for_bit(backbone, tmp_path, surrogate, when):  # noqa: F811
+    # before-validation: the checkpoint of step 3 is written before that step's validation runs (val_check 3)
+    stop = random.Random().randint(1, STEPS - 2) if when == "random" else 3
     full = fit(backbone, tmp_path / "full", surrogate, [])
     with pytest.raises(Killed):
         fit(backbone, tmp_path / "killed", surrogate, [KillAt(stop)])
