@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import matplotlib
 from matplotlib.figure import Figure
 
 
@@ -27,20 +28,26 @@ def _error(row: dict[str, Any]) -> tuple[float, float]:
     return max(0.0, 100 * (point - interval[0])), max(0.0, 100 * (interval[1] - point))
 
 
+def _series(row: dict[str, Any]) -> str:
+    """The line a row belongs to: its method, or e.g. "steprune (removal)" when a study names the series."""
+    return row.get("series") or row["method"]
+
+
 def retention_vs_flops(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:
     """Retention (%) with 95 % error bars against prefill TFLOPs, one series per method (see the module doc)."""
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
-    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "vanilla"))
-    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    methods = list(dict.fromkeys(_series(r) for r in rows if r["method"] != "vanilla"))
+    palette = "tab10" if len(methods) <= 10 else "tab20"
+    colours = {m: matplotlib.colormaps[palette](i % 20) for i, m in enumerate(methods)}
     for method in methods:
-        series = sorted((r for r in rows if r["method"] == method), key=lambda r: r["prefill_tflops"])
-        if method == "steprune":
+        series = sorted((r for r in rows if _series(r) == method), key=lambda r: r["prefill_tflops"])
+        if method.startswith("steprune"):
             series = list({round(r["k_mean"], 3): r for r in series}.values())  # its K does not follow the budget
         x = [r["prefill_tflops"] for r in series]
         y = [100 * r["retention"] for r in series]
         below, above = zip(*(_error(r) for r in series), strict=True)
-        star = method == "steprune"
+        star = method.startswith("steprune")
         ax.errorbar(x, y, yerr=[below, above], fmt="*-" if star else "o-", ms=11 if star else 5, capsize=3,
                     c=colours[method], label=method, zorder=3 if star else 2)  # fmt: skip
         matched = [(xi, yi) for xi, yi, r in zip(x, y, series, strict=True) if r.get("flops_match")]

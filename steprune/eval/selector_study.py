@@ -13,7 +13,8 @@ compared at its comparison budget (its mean K rounded, `steprune.eval.world_comp
 - at equal FLOPs: the most accurate of the pre-LLM baselines at that budget (their prefill is K tokens from the
   first layer, as StepPrune's is) and the in-LLM rows of `--match flops` whose measured prefill FLOPs equal
   uniform's at that budget.
-Both differences carry 95 % paired-bootstrap intervals in retention points. Selectors are grouped by
+Both differences carry 95 % paired-bootstrap intervals in retention points (`--figure`: every method's retention
+against prefill FLOPs with the selectors as stars, one line per surrogate). Selectors are grouped by
 (surrogate, calibrated target K) and each group gets mean ± std over its seeds. Per selector: K range,
 max/min, Spearman rho(K, objects), and accuracy per K bucket (`steprune.eval.k_buckets`). Writes
 OUT.json and OUT.md.
@@ -114,7 +115,9 @@ def study(baselines: dict[str, Any], selectors: Sequence[tuple[str, str]], batch
             include_vanilla=False,
             vanilla_correct=unpruned,
         )
-        row = {**learned["rows"][0], "budget": "adaptive", "variant": name, "selector": path}
+        facts = selector_facts(path)
+        series = f"steprune ({facts['surrogate']})"  # one line per surrogate in the figure
+        row = {**learned["rows"][0], "budget": "adaptive", "variant": name, "selector": path, "series": series}
         rows.append(row)
         budget = comparison_budget(row)
         buckets = k_bucket_accuracy(row["k_per_question"], row["correct"], unpruned)
@@ -122,7 +125,7 @@ def study(baselines: dict[str, Any], selectors: Sequence[tuple[str, str]], batch
             {
                 "name": name,
                 "selector": path,
-                **selector_facts(path),
+                **facts,
                 "k_mean": row["k_mean"],
                 "k_min": row["k_min"],
                 "k_max": row["k_max"],
@@ -226,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--selector", action="append", required=True, help="NAME=PATH of a .safetensors, repeatable")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", default="reports/stepprune_study")
+    parser.add_argument("--figure", default=None, help="retention vs prefill FLOPs with the selectors (.png)")
     args = parser.parse_args(argv)
     baselines_path = Path(args.baselines)
     if not baselines_path.is_file():
@@ -239,6 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["baselines_report"] = str(baselines_path)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     out.with_suffix(".md").write_text(markdown(report))
+    if args.figure:
+        from steprune.eval.figures import retention_vs_flops
+
+        title = f"built-in world, {report['questions']} {report['split']} questions: StepPrune and every baseline"
+        retention_vs_flops(report["rows"], title).savefig(args.figure, dpi=120)
     print(markdown(report))
     return 0
 

@@ -44,7 +44,10 @@ def test_selectors_against_baselines_at_equal_k_and_flops(tiny_base, tmp_path):
     second = save_selector(tiny_base, tmp_path / "b.safetensors", 8)
     out = tmp_path / "study"
     spec = ["--selector", f"s0={first}", "--selector", f"s1={second}"]
-    assert study_main(["--baselines", str(baselines.with_suffix(".json")), *spec, "--out", str(out)]) == 0
+    figure = tmp_path / "study.png"
+    args = ["--baselines", str(baselines.with_suffix(".json")), *spec, "--out", str(out), "--figure", str(figure)]
+    assert study_main(args) == 0
+    assert figure.stat().st_size > 10_000
     report = json.loads(out.with_suffix(".json").read_text())
     s0, s1 = report["selectors"]
     assert (s0["name"], s0["k_mean"], s0["budget"], s0["target_k"]) == ("s0", 8.0, 8, 8)
