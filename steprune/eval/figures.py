@@ -38,8 +38,8 @@ def retention_vs_flops(rows: Sequence[dict[str, Any]], title: str = "") -> Figur
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
     methods = list(dict.fromkeys(_series(r) for r in rows if r["method"] != "vanilla"))
-    palette = "tab10" if len(methods) <= 10 else "tab20"
-    colours = {m: matplotlib.colormaps[palette](i % 20) for i, m in enumerate(methods)}
+    tab20 = matplotlib.colormaps["tab20"]  # the ten dark hues first, then their light shades
+    colours = {m: tab20((2 * i) % 20 + (i // 10) % 2) for i, m in enumerate(methods)}
     for method in methods:
         series = sorted((r for r in rows if _series(r) == method), key=lambda r: r["prefill_tflops"])
         if method.startswith("steprune"):
