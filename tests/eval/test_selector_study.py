@@ -39,6 +39,8 @@ def test_selectors_against_baselines_at_equal_k_and_flops(tiny_base, tmp_path):
             answers[row["method"]] if not row.get("flops_match") or row["budget"] == 8 else [1] * 3 + [0] * 3
         )
         row["overall"] = sum(row["correct"]) / 6
+    costly = {**world["rows"][1], "method": "holov", "budget": 12, "correct": [1] * 6, "overall": 1.0}
+    world["rows"].append({**costly, "prefill_tflops": 1.0})  # best of all, but dearer than any selector
     baselines.with_suffix(".json").write_text(json.dumps(world))
     first = save_selector(tiny_base, tmp_path / "a.safetensors", 8)
     second = save_selector(tiny_base, tmp_path / "b.safetensors", 8)
@@ -77,3 +79,17 @@ def test_a_missing_selector_or_report_is_named(tmp_path):
     (tmp_path / "w.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="no selector file.*make train"):
         study_main(["--baselines", str(tmp_path / "w.json"), "--selector", f"x={tmp_path / 'none.safetensors'}"])
+
+
+def test_equal_flops_takes_the_best_baseline_that_costs_no_more():
+    from steprune.eval.selector_study import best_at_cost
+
+    rows = [
+        {"method": "vanilla", "correct": [1], "overall": 1.0, "prefill_tflops": 1.0},
+        {"method": "mmtok", "budget": 16, "correct": [1], "overall": 0.9, "prefill_tflops": 0.56},
+        {"method": "mmtok", "budget": 32, "correct": [1], "overall": 0.95, "prefill_tflops": 0.71},
+        {"method": "dart", "budget": 48, "correct": [1], "overall": 0.97, "prefill_tflops": 0.96},
+    ]
+    assert best_at_cost(rows, 0.74)["budget"] == 32  # a selector dearer than mmtok@16 meets mmtok@32
+    assert best_at_cost(rows, 0.56)["budget"] == 16  # equal cost counts
+    assert best_at_cost(rows, 0.5) is None
