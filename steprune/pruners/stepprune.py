@@ -1,6 +1,7 @@
 """StepPrune at inference: the trained pointer selector picks an adaptive number of visual tokens.
 
     PrunedVLM(model, processor, method="steprune", weights="runs/selector.safetensors")
+    PrunedVLM.from_pretrained("llava-hf/llava-1.5-7b-hf", method="steprune", selector="org/name")  # or a directory
     PRUNERS.create("steprune", weights="selector.safetensors", t_max=64).select(ctx)
 
 The selector (`steprune.selector.StepPruneSelector`) reads the vision-space features and the prompt's word
@@ -19,6 +20,10 @@ Choices where the specification is open:
   padded steps are not counted.
 * `allow_random=True` (tests only) builds an untrained selector on the first batch, sized from the
   context's widths (d_model = D_v), seeded by `seed` without touching the global RNG.
+* `selector` is what `StepPruneSelector.from_pretrained` reads: a `save_pretrained` directory, a Hub repo id
+  (`selector_revision` pins its revision; `HF_HUB_OFFLINE=1` uses the local cache only) or a `.safetensors`
+  file; `weights` is the single file `make train` exports. A local path that does not exist is never looked up
+  on the Hub.
 * A weights file records the base it was trained on (its backbone fingerprint); `check_backbone`, which
   `PrunedVLM` calls, refuses another base with `BackboneMismatchError` (e.g. a stale selector after
   `make base ARGS=--force`) unless `allow_backbone_mismatch=True` (a deliberate transfer, with a warning). A
@@ -42,7 +47,7 @@ from steprune.selector.selector import StepPruneSelector
 
 HOW_TO_TRAIN = (
     "train one with `make train` (which saves the selector as a .safetensors file) and pass "
-    "weights='path/to/selector.safetensors'"
+    "weights='path/to/selector.safetensors', or selector= a save_pretrained directory or a Hub id"
 )
 
 
@@ -73,7 +78,17 @@ class StepPrunePruner(PrePrunerBase):
         seed: int = 0,
         min_k: int | None = None,
         allow_backbone_mismatch: bool = False,
+        selector: str | None = None,
+        selector_revision: str | None = None,
     ) -> None:
+        if weights is not None and selector is not None:
+            raise ValueError(
+                "give the 'steprune' method one selector: weights= (a .safetensors file) or selector= (a directory, "
+                f"a Hub id or a file), not both (got weights={weights!r}, selector={selector!r})"
+            )
+        if selector_revision is not None and selector is None:
+            raise ValueError("selector_revision pins a Hub selector's revision: pass selector='org/name' with it")
+        weights = weights if weights is not None else selector
         if weights is None and not allow_random:
             raise ValueError(
                 f"the 'steprune' method needs trained selector weights: {HOW_TO_TRAIN}. "
@@ -96,9 +111,13 @@ class StepPrunePruner(PrePrunerBase):
         self._own: StepPruneSelector | None = None  # the selector this pruner loaded or built (it may move it)
         if weights is not None:
             try:
-                self._selector = self._own = StepPruneSelector.load(weights).eval()
+                if selector is None:
+                    loaded = StepPruneSelector.load(weights)
+                else:
+                    loaded = StepPruneSelector.from_pretrained(selector, revision=selector_revision)
             except FileNotFoundError as error:
                 raise FileNotFoundError(f"{error}: {HOW_TO_TRAIN}") from error
+            self._selector = self._own = loaded.eval()
 
     @classmethod
     def from_selector(

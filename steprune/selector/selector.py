@@ -5,6 +5,8 @@
     loss = lm_loss(projector(out["features"])) + lam * out["expected_length"].mean() / N
     keep, keep_mask = sel.select(x_v, text, text_mask)     # inference: hard adaptive-K subset, spatial order
     sel.save("selector.safetensors"); sel = StepPruneSelector.load("selector.safetensors")
+    sel.save_pretrained("my-selector"); sel = StepPruneSelector.from_pretrained("my-selector")  # or "org/name"
+    sel.push_to_hub("org/name")                               # config.json + model.safetensors + README.md
 
 Training (`forward_train`), by `surrogate`:
 * "paper" (methods.md §1.3): pointer loop -> soft scores -> g = SoftTopK(s; k_bar, beta) -> noise gate ->
@@ -19,8 +21,9 @@ STOP masked until `min_k` tokens are chosen, and the calibrated `stop_offset` ad
 A checkpoint is one safetensors file; its metadata holds the format tag and the constructor arguments as
 JSON, so `load` rebuilds the exact module, plus the calibration record and the base it was trained on
 (`trained_on`: the backbone's name and fingerprint, `steprune.backbones.fingerprint`; the `steprune` pruner
-refuses to apply it to another base). Anything unreadable or inconsistent raises a ValueError that names the
-file and the problem. The file is replaced atomically (`steprune.atomic_file`).
+refuses to apply it to another base). A `save_pretrained` directory holds the same record as config.json beside
+that same file as model.safetensors (`steprune.selector.checkpoint`). Anything unreadable or inconsistent raises
+a ValueError that names the file and the problem. Files are replaced atomically (`steprune.atomic_file`).
 
 Choices where the specification is open:
 * `t_max=None` means T_max = N (every token may be chosen); an int must be <= N (checked per call).
@@ -39,15 +42,17 @@ Choices where the specification is open:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save as safetensors_bytes
+from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
 from steprune.atomic_file import atomic_write
+from steprune.selector import checkpoint
+from steprune.selector.checkpoint import FORMAT
 from steprune.selector.denoiser import LocalDenoiser
 from steprune.selector.encoder import CrossModalEncoder
 from steprune.selector.noise_gate import vp_noise_gate
@@ -55,7 +60,7 @@ from steprune.selector.pointer import PointerDecoder, PointerOutput
 from steprune.selector.scores import AGGREGATIONS, Aggregation, expected_length, soft_scores
 from steprune.selector.soft_topk import sigmoid_topk, soft_topk
 
-FORMAT = "steprune-selector/1"
+__all__ = ["FORMAT", "SURROGATES", "Selection", "StepPruneSelector", "spatial_order"]
 Polarisation = Literal["ot", "sigmoid"]
 Horizon = Literal["t_max", "stop"]
 Surrogate = Literal["paper", "removal"]
@@ -80,8 +85,17 @@ def spatial_order(chosen: Tensor, chosen_mask: Tensor, num_tokens: int) -> Selec
     return Selection(keep.masked_fill(~keep_mask, 0), keep_mask, keep_mask.sum(dim=1))
 
 
-class StepPruneSelector(nn.Module):
-    """All trainable parts of StepPrune: E (with W_t), the pointer decoder (q_0, s, W_p), the denoiser."""
+class StepPruneSelector(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="steprune",
+    tags=["steprune", "visual-token-pruning"],
+    model_card_template=checkpoint.MODEL_CARD,
+):
+    """All trainable parts of StepPrune: E (with W_t), the pointer decoder (q_0, s, W_p), the denoiser.
+
+    Saved as one file (`save` / `load`) or the Hugging Face way (`save_pretrained` / `from_pretrained` /
+    `push_to_hub`, from `huggingface_hub.PyTorchModelHubMixin`; `steprune.selector.checkpoint`)."""
 
     def __init__(
         self,
@@ -322,15 +336,8 @@ class StepPruneSelector(nn.Module):
 
     # ------------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write the weights and the constructor arguments to one safetensors file."""
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        metadata = {"format": FORMAT, "config": json.dumps(self.config)}
-        if self.calibration is not None:
-            metadata["calibration"] = json.dumps(self.calibration)
-        if self.trained_on is not None:
-            metadata["backbone"] = self.trained_on["backbone"]
-            metadata["backbone_fingerprint"] = self.trained_on["fingerprint"]
-        data = safetensors_bytes(tensors, metadata=metadata)
+        """Write the weights and the constructor arguments to one safetensors file (atomically)."""
+        data = checkpoint.file_bytes(self.state_dict(), self.config, self.calibration, self.trained_on)
         atomic_write(path, lambda handle: handle.write(data), what="selector")
 
     @classmethod
@@ -339,53 +346,96 @@ class StepPruneSelector(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no StepPrune selector checkpoint at {path}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-        except Exception as error:  # safetensors raises its own error types for corrupt headers
-            raise ValueError(f"{path} is not a readable safetensors file ({error})") from error
-        if metadata.get("format") != FORMAT:
-            raise ValueError(
-                f"{path} is not a StepPrune selector checkpoint: metadata format is "
-                f"{metadata.get('format')!r}, expected {FORMAT!r}"
-            )
-        try:
-            config = json.loads(metadata["config"])
-            with torch.device("meta"):
-                model = cls(**config)
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{path}: its constructor arguments do not build a StepPruneSelector ({error})") from error
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        found = {k: tuple(v.shape) for k, v in tensors.items()}
-        problems = [f"missing {k}" for k in sorted(expected.keys() - found.keys())]
-        problems += [f"unexpected {k}" for k in sorted(found.keys() - expected.keys())]
-        problems += [
-            f"{k}: shape {found[k]} in the file, {expected[k]} from its config"
-            for k in sorted(expected.keys() & found.keys())
-            if found[k] != expected[k]
-        ]
-        if problems:
-            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-            raise ValueError(f"{path} does not match the selector its config describes: {shown}")
-        broken = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
-        if broken:
-            raise ValueError(
-                f"{path} holds NaN or infinite weights in {len(broken)} tensor(s) ({', '.join(broken[:3])}"
-                f"{', ...' if len(broken) > 3 else ''}): its training diverged; retrain it (`make train`, e.g. with a "
-                "lower --model.lr) or export the selector from an earlier checkpoint"
-            )
-        model.load_state_dict(tensors, assign=True)
-        if "calibration" in metadata:
-            try:
-                model.calibration = json.loads(metadata["calibration"])
-            except ValueError as error:
-                raise ValueError(f"{path}: its calibration metadata is not JSON ({error})") from error
-        if "backbone_fingerprint" in metadata:
-            fingerprint = metadata["backbone_fingerprint"]
-            if not fingerprint.startswith("sha256:"):
-                raise ValueError(
-                    f"{path}: its backbone_fingerprint metadata {fingerprint[:40]!r} is not 'sha256:<hex>'"
-                )
-            model.trained_on = {"backbone": metadata.get("backbone", "unknown"), "fingerprint": fingerprint}
+        metadata, tensors = checkpoint.read_file(path)
+        config, calibration, trained_on = checkpoint.file_record(metadata, str(path))
+        model = checkpoint.build(cls, config, tensors, str(path))
+        model.calibration, model.trained_on = calibration, trained_on
         return model
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """`save_pretrained` / `push_to_hub` (PyTorchModelHubMixin): config.json + model.safetensors.
+
+        config.json is written here from the selector's own record (a `config=` given to save_pretrained is not
+        used); model.safetensors is the single-file format, so it also loads with `load`."""
+        record = checkpoint.hub_config(self.config, self.calibration, self.trained_on)
+        self.save(save_directory / checkpoint.WEIGHTS_NAME)
+        text = json.dumps(record, indent=2, sort_keys=True).encode()
+        atomic_write(save_directory / checkpoint.CONFIG_NAME, lambda handle: handle.write(text), what="selector")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+    ) -> StepPruneSelector:
+        """A selector from a `save_pretrained` directory, a Hub repo id (resolved by huggingface_hub, cached,
+        `HF_HUB_OFFLINE` honoured) or a single `.safetensors` file; in eval mode, on the CPU.
+
+        A local path that does not exist raises FileNotFoundError and is never looked up on the Hub
+        (`steprune.base_location.resolve_pretrained`)."""
+        from steprune.base_location import resolve_pretrained
+
+        path = Path(os.fspath(pretrained_model_name_or_path)).expanduser()
+        if path.is_file():
+            if path.suffix != ".safetensors":
+                raise ValueError(
+                    f"{path} is not a selector: pass a directory written by save_pretrained, a Hub id, or a "
+                    ".safetensors file written by save (or `make train`)"
+                )
+            return cls.load(path).eval()
+        source = resolve_pretrained(path if path.exists() else os.fspath(pretrained_model_name_or_path))
+        if Path(source).is_dir():
+            for name in (checkpoint.CONFIG_NAME, checkpoint.WEIGHTS_NAME):
+                if not (Path(source) / name).is_file():
+                    raise FileNotFoundError(
+                        f"{source} is not a selector directory: {name} is missing (write one with "
+                        "StepPruneSelector.save_pretrained, or pass the .safetensors file `make train` exports)"
+                    )
+        return super().from_pretrained(
+            source,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+        )
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        config: dict | None = None,
+        **constructor_arguments: object,  # the mixin's copy of config.json's arguments: `config` is read instead
+    ) -> StepPruneSelector:
+        """The mixin's loading hook: config.json (already read, as `config`) + model.safetensors, checked."""
+        arguments, calibration, trained_on = checkpoint.directory_record(config, model_id, cls.__init__)
+        if os.path.isdir(model_id):
+            weights = os.path.join(model_id, checkpoint.WEIGHTS_NAME)
+        else:
+            from huggingface_hub import hf_hub_download
+
+            weights = hf_hub_download(
+                repo_id=model_id,
+                filename=checkpoint.WEIGHTS_NAME,
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                token=token,
+                local_files_only=local_files_only,
+            )
+        metadata, tensors = checkpoint.read_file(weights)
+        checkpoint.check_agrees(metadata, arguments, model_id)
+        model = checkpoint.build(cls, arguments, tensors, f"{model_id}/{checkpoint.WEIGHTS_NAME}")
+        model.calibration, model.trained_on = calibration, trained_on
+        return model.eval()
