@@ -2,6 +2,7 @@
 
 steprune --help
 steprune methods                 # every registered pruning method, with its one-line summary
+steprune runs --experiment X     # an MLflow experiment's runs compared (mean ± std by variant)
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="FLOPs + prefill latency of every method (`steprune bench --help`)", add_help=False)
     sub.add_parser("sweep", help="Optuna sweep tracked in MLflow, resumable (`steprune sweep --help`)", add_help=False)
     sub.add_parser("ablate", help="the Table 4 ablation grid over seeds (`steprune ablate --help`)", add_help=False)
+    sub.add_parser(
+        "runs",
+        help="an MLflow experiment's runs compared, mean ± std by variant (`steprune runs --help`)",
+        add_help=False,
+    )
     return parser
 
 
@@ -58,6 +64,7 @@ DELEGATED = {
     "base": "steprune.recipes.build_base:main",
     "sweep": "steprune.sweeps.runner:sweep_main",
     "ablate": "steprune.sweeps.ablation:ablate_main",
+    "runs": "steprune.sweeps.compare:compare_main",
 }
 
 

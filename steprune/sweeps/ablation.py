@@ -73,6 +73,7 @@ class Ablation:
         try:
             result = train_run(self.request(variant, seed, run_id, extra_args))
             metrics = {k: v for k, v in result.metrics.items() if k.startswith("val/")}  # logged by Lightning
+            self.tracker.log_final(run_id, metrics, fallback_step=result.global_step)
             if spec.test_limit > 0:
                 test = self.test(result.backbone, str(result.selector), run_id, variant, seed)
                 self.tracker.log_metrics(run_id, test, step=result.global_step)

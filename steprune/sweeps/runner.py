@@ -54,11 +54,6 @@ log = logging.getLogger("steprune.sweeps")
 RETENTION, K_MEAN = "val/retention", "val/k_mean"
 
 
-def _final(metrics: dict[str, float]) -> dict[str, float]:
-    """The last validation's metrics as `final/<name>` (val/retention -> final/retention)."""
-    return {f"final/{k.split('/', 1)[1]}": v for k, v in metrics.items() if k.startswith("val/")}
-
-
 def check_objectives(spec: SweepSpec) -> None:
     """Every objective names a metric StepPruneModule logs at validation (a typo must not use up the study)."""
     for objective in spec.objectives:
@@ -212,8 +207,7 @@ class Sweep:
                 if missing:
                     raise KeyError(f"objective metric(s) {missing} were never logged (no validation ran?)")
                 values = [result.metrics[o.metric] for o in spec.objectives]
-                final = _final(result.metrics)
-                self.tracker.log_metrics(run_id, final, step=result.global_step)
+                self.tracker.log_final(run_id, result.metrics, fallback_step=result.global_step)
                 trial.set_user_attr("metrics", {k: v for k, v in result.metrics.items() if k.startswith("val/")})
                 if ks.ks:
                     fig = k_histogram(ks.ks, f"{spec.study_name} trial {trial.number}: K on the validation set")

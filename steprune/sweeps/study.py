@@ -19,11 +19,12 @@ import random
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from steprune.sweeps.spec import SweepConfigError, SweepSpec, optuna_class
@@ -112,6 +113,10 @@ def open_study(spec: SweepSpec, storage: optuna.storages.BaseStorage) -> optuna.
             f"{spec.source}: study {spec.study_name!r} was run on {study.user_attrs['objectives']}, the file "
             f"says {metrics}; use another study_name"
         )
+    if study.metric_names != metrics:  # optuna-dashboard labels the objectives by these (else "Objective 0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.set_metric_names(metrics)
     if spec.enqueue and not study.user_attrs.get("enqueued"):
         study.set_user_attr("enqueued", True)
         for params in spec.enqueue:

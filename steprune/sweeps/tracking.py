@@ -7,9 +7,10 @@
 Nesting is the `mlflow.parentRunId` tag on the child: exactly what `mlflow.start_run(nested=True)` writes
 (mlflow/tracking/fluent.py) and what the UI groups runs by. The runs are created with the client, not the
 fluent API, so no global "active run" is involved and the trial's Lightning logger writes into the same run.
-Every run carries the comparison tags: method, budget, seed, variant, git commit. A SQLite tracking DB is
-created / migrated once under a file lock before the client opens it (`steprune.training.tracking_store`),
-so workers starting together on no DB never race in MLflow's schema migration.
+Every run carries the comparison tags: method, budget, seed, variant, git commit (of the package's checkout,
+not the working directory). A SQLite tracking DB is created / migrated once under a file lock before the client
+opens it (`steprune.training.tracking_store`), so workers starting together on no DB never race in MLflow's
+schema migration.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from __future__ import annotations
 import functools
 import os
 import random
-import subprocess
 import time
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from steprune.training.provenance import commit_label
 from steprune.training.tracking_store import prepare_tracking_store
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
@@ -31,15 +32,14 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """HEAD of the working tree (`-dirty` when tracked files changed), or `unknown` outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
+    """HEAD of the checkout the `steprune` package is imported from (`-dirty` when tracked files changed), or
+    `unknown` outside git: never the working directory's repository (a sweep may run from anywhere)."""
+    return commit_label()
+
+
+def final_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The last validation's metrics as `final/<name>` (val/retention -> final/retention)."""
+    return {f"final/{k.split('/', 1)[1]}": v for k, v in metrics.items() if k.startswith("val/")}
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -115,6 +115,17 @@ class Tracker:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         assert status in ("FINISHED", "FAILED", "KILLED"), status
         self.client.set_terminated(run_id, status)
+
+    def log_final(self, run_id: str, metrics: dict[str, float], fallback_step: int) -> None:
+        """`final_metrics(metrics)` at the step MLflow holds the last validation at (Lightning logs a validation
+        at the step counter of its last optimisation step: one below `global_step`), so each final/* point sits on
+        its val/* curve and charts with it; `fallback_step` when no val/ metric was logged."""
+        final = final_metrics(metrics)
+        step = fallback_step
+        if final:
+            history = self.client.get_metric_history(run_id, "val/" + next(iter(final)).split("/", 1)[1])
+            step = max((m.step for m in history), default=fallback_step)
+        self.log_metrics(run_id, final, step=step)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         for name, value in metrics.items():

@@ -10,6 +10,12 @@ checkpoints under `checkpoints/` with `last.ckpt` (resume with `--ckpt_path last
 logs on into that run, `steprune.training.mlflow_run`), the text-gate and
 temperature schedules as stateful callbacks, and the trained selector exported to
 `artifacts/selector.safetensors`. YAML files pick classes with `class_path` / `init_args`.
+
+MLflow params of a run: the module's and the data module's hparams (Lightning; `tau` is the temperature schedule's
+start, linked from `--temperature.start`; `seed` is the data's seed), plus the run's `seed_everything` and every
+schedule / controller value under its CLI name
+(`temperature.end`, `text_gate.warmup_steps`, `length_warmup.warmup_steps`, `budget.target_k`, ...); the tag
+`git_commit` is the package checkout's HEAD.
 """
 
 from __future__ import annotations
@@ -39,14 +45,40 @@ def checkpoint_callbacks(dirpath: str | Path = "checkpoints") -> list[dict[str, 
     return [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": init}]
 
 
+SCHEDULED_GROUPS = ("text_gate", "temperature", "length_warmup", "budget")
+"""The CLI's callback groups whose values change training (schedules, the target-K controller): logged as params."""
+
+
+def run_params(config: Any) -> dict[str, str]:
+    """What MLflow should show beside the module's and data module's hparams: the run's seed as `seed_everything`
+    (the resolved value; the param `seed` is the data module's own data seed, logged by Lightning) and every value of
+    the schedule / controller callbacks under its CLI name (`temperature.end`, `budget.target_k`, ...)."""
+    params = {"seed_everything": str(config.get("seed_everything"))}
+    for group in SCHEDULED_GROUPS:
+        values = config.get(group)
+        for key, value in (vars(values) if hasattr(values, "__dict__") else dict(values or {})).items():
+            params[f"{group}.{key}"] = str(value)
+    return params
+
+
 class LogConfigToMLflow(SaveConfigCallback):
-    """Stores the full resolved config as `config.yaml` in the run's MLflow artifacts (no log_dir needed)."""
+    """Stores the full resolved config as `config.yaml` in the run's MLflow artifacts (no log_dir needed), logs
+    `run_params` (the values the module's hparams do not show) and tags the run with the package's git commit."""
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         logger = trainer.logger
         if isinstance(logger, MLFlowLogger) and trainer.is_global_zero:
+            from mlflow.entities import Param
+
+            from steprune.training.provenance import commit_label
+
+            client, run_id = logger.experiment, logger.run_id
             text = self.parser.dump(self.config, skip_none=False)
-            logger.experiment.log_text(logger.run_id, text, "config.yaml")
+            client.log_text(run_id, text, "config.yaml")
+            logged = client.get_run(run_id).data.params  # a sweep logs its overrides first; params are immutable
+            params = [Param(k, v) for k, v in run_params(self.config).items() if k not in logged]
+            client.log_batch(run_id, params=params)
+            client.set_tag(run_id, "git_commit", commit_label())
 
 
 class StepPruneCLI(LightningCLI):
@@ -68,6 +100,8 @@ class StepPruneCLI(LightningCLI):
         parser.add_lightning_class_args(ExportSelector, "export")
         parser.add_lightning_class_args(MLflowRunResume, "mlflow_resume")
         parser.link_arguments("model.backbone", "data.init_args.backbone")
+        # the schedule sets the module's tau from its start on train start: one value, not a dead `--model.tau`
+        parser.link_arguments("temperature.start", "model.tau")
         parser.link_arguments("budget.target_k", "export.calibrate_to")  # a target K is calibrated exactly at the end
         parser.set_defaults(
             {

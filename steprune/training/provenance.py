@@ -40,10 +40,19 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
     return versions
 
 
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+"""The directory holding the `steprune` package: its git checkout in an editable install."""
+
+
 def git_commit(root: Path | None = None) -> dict[str, Any]:
-    """HEAD of the checkout holding this package, and whether tracked files differ from it (None outside git)."""
-    root = root or Path(__file__).resolve().parents[2]
+    """HEAD of the checkout holding this package (not of the working directory), and whether tracked files differ
+    from it; None when `root` is not the top of a git checkout (outside git, or a package installed into a
+    site-packages that happens to sit inside some other repository)."""
+    root = (root or PACKAGE_ROOT).resolve()
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:
+            return {"commit": None, "dirty": None}
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
@@ -51,6 +60,14 @@ def git_commit(root: Path | None = None) -> dict[str, Any]:
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
     return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def commit_label(root: Path | None = None) -> str:
+    """The package's commit as one string for tags: `<sha>`, `<sha>-dirty` (tracked files changed), or `unknown`."""
+    record = git_commit(root)
+    if record["commit"] is None:
+        return "unknown"
+    return record["commit"] + ("-dirty" if record["dirty"] else "")
 
 
 def cpu_record() -> dict[str, Any]:

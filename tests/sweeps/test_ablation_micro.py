@@ -65,6 +65,10 @@ def test_micro_ablation_runs_summarises_and_resumes(micro_base_dir, tmp_path, mo
         variant = run.data.tags["variant"]
         assert run.data.params["model.aggregation"] == variant and run.data.params["aggregation"] == variant
         assert {"test/retention", "test/k_mean", "val/retention"} <= set(run.data.metrics)
+        assert run.data.params["seed_everything"] == run.data.tags["seed"], "the cell's seed is a param too"
+        (final,) = client.get_metric_history(run.info.run_id, "final/retention")
+        last = client.get_metric_history(run.info.run_id, "val/retention")[-1]
+        assert (final.step, final.value) == (last.step, last.value), "final/* sits on the val/* curve"
         assert "figures/k_histogram.png" in {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"ablation.md", "ablation.json"} <= {a.path for a in client.list_artifacts(parent[0].info.run_id)}
 

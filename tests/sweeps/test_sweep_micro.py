@@ -3,6 +3,8 @@ the Optuna study holds the trials, a crashing trial is FAIL and the sweep goes o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
 import yaml
@@ -11,7 +13,8 @@ from optuna.trial import TrialState
 
 from steprune.sweeps.runner import run_sweep, sweep_main
 from steprune.sweeps.spec import load_spec
-from tests.sweeps.conftest import write_micro_sweep
+from steprune.training.provenance import commit_label
+from tests.sweeps.conftest import EXPERIMENT, write_micro_sweep
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +65,8 @@ def test_mlflow_has_the_parent_and_one_nested_run_per_trial(micro_sweep):
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 3 and len(runs) == 4
     study = _study(config)
+    start = yaml.safe_load(Path(EXPERIMENT).read_text())["temperature"]["start"]  # not the module's default tau (1.0)
+    assert study.metric_names == ["val/retention"], "optuna-dashboard names the objective"
     by_trial = {int(r.data.tags["sweep.trial"]): r for r in children}
     for t in study.trials:
         run = by_trial[t.number]
@@ -82,6 +87,13 @@ def test_mlflow_has_the_parent_and_one_nested_run_per_trial(micro_sweep):
         )
         history = client.get_metric_history(run.info.run_id, "val/retention")
         assert len(history) == len(study.trials[number].intermediate_values) >= 1
+        (final,) = client.get_metric_history(run.info.run_id, "final/retention")
+        assert final.step == history[-1].step >= 1 and final.value == history[-1].value, "charts at the last step"
+        params = run.data.params  # every scheduled value under its CLI name, the seed, the module's tau = the start
+        assert params["seed_everything"] == "0" and params["tau"] == params["temperature.start"] == str(start)
+        assert params["text_gate.warmup_steps"] == "1" and params["temperature.steps"] == "2"
+        assert {"temperature.shape", "length_warmup.warmup_steps", "budget.target_k", "budget.eta"} <= set(params)
+        assert run.data.tags["git_commit"] == commit_label()
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
         assert "figures/k_histogram.png" in artifacts
         assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}

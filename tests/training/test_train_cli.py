@@ -9,6 +9,7 @@ import mlflow
 import pytest
 
 from steprune.training.cli import StepPruneCLI, train_main
+from steprune.training.provenance import commit_label
 from steprune.training.stepprune_module import StepPruneModule
 from tests.inputs import write_instruct_fixture
 
@@ -81,6 +82,12 @@ def test_fit_logs_to_mlflow_checkpoints_exports_and_resumes(micro, tmp_path, mon
         "4",
         "--trainer.log_every_n_steps",
         "1",
+        "--seed_everything",
+        "7",
+        "--temperature.start",
+        "2.0",
+        "--temperature.end",
+        "0.5",
     ]
     assert train_main([*common, "--trainer.max_steps", "2"]) == 0
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
@@ -91,6 +98,12 @@ def test_fit_logs_to_mlflow_checkpoints_exports_and_resumes(micro, tmp_path, mon
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["lam"] == "0.5" and run.data.params["backbone"] == str(micro / "base")
+    params = run.data.params  # the schedules under their CLI names, the seed, and tau = the schedule's start
+    assert params["seed_everything"] == "7" and params["seed"] == "0", "the run's seed; `seed` is the data's"
+    assert params["tau"] == params["temperature.start"] == "2.0"
+    assert params["temperature.end"] == "0.5" and params["text_gate.warmup_steps"] == "4"
+    assert params["budget.target_k"] == "None" and "length_warmup.warmup_steps" in params
+    assert run.data.tags["git_commit"] == commit_label()
     artifacts = [a.path for a in mlflow.MlflowClient(uri).list_artifacts(run.info.run_id)]
     assert "config.yaml" in artifacts
     assert {"train/loss_lm", "train/len_penalty", "train/k_mean", "val/acc", "val/retention"} <= set(run.data.metrics)
