@@ -44,22 +44,14 @@ PRUNING_RATIOS = (0.667, 0.778, 0.889)  # the paper's Qwen2.5-VL columns; 48 / 3
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
+    """Spearman's rank correlation (average ranks for ties; 0 when either side is constant), torchmetrics'.
 
-    def ranks(values: Sequence[float]) -> torch.Tensor:
-        v = torch.tensor(values, dtype=torch.float64)
-        order = v.argsort()
-        r = torch.empty_like(v)
-        r[order] = torch.arange(len(v), dtype=torch.float64)
-        for value in v.unique():  # average ranks over ties
-            tie = v == value
-            r[tie] = r[tie].mean()
-        return r
+    torchmetrics divides by std_x * std_y + 1e-6, so it is within 1e-5 of the exact value (scipy's) for the
+    rank spreads of a world report; checked in tests/eval/test_spearman.py."""
+    from torchmetrics.functional import spearman_corrcoef
 
-    rx, ry = ranks(x), ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = (rx.square().sum() * ry.square().sum()).sqrt()
-    return float((rx * ry).sum() / denominator) if denominator > 0 else 0.0
+    rho = spearman_corrcoef(torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64))
+    return float(rho)
 
 
 def k_by_objects(objects: Sequence[int], ks: Sequence[int]) -> dict[str, dict[str, float]]:
