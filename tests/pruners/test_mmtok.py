@@ -13,7 +13,13 @@ import torch
 from steprune import PrunedVLM
 from steprune.pruners import PRUNERS, PruneContext
 from steprune.pruners.keywords import keyword_rows
-from steprune.pruners.mmtok import coverage_matrix, greedy_max_coverage
+from steprune.pruners.mmtok import (
+    coverage_matrix,
+    coverage_matrix_t,
+    dense_greedy_max_coverage,
+    greedy_max_coverage,
+    greedy_max_coverage_t,
+)
 from tests.inputs import make_inputs
 
 
@@ -136,6 +142,47 @@ def test_ties_go_to_the_lowest_index():
     cover = torch.ones(2, 3, 6)  # every candidate covers everything equally
     picks, _ = greedy_max_coverage(cover, 4)
     assert picks.tolist() == [[0, 1, 2, 3], [0, 1, 2, 3]]
+
+
+@pytest.mark.parametrize("dense_below", [0, 1 << 30])  # the lazy path, and every gain at every step
+def test_lazy_greedy_picks_what_the_dense_greedy_picks(dense_below):
+    """Random MMTok coverage matrices (text rows + vision rows, several temperatures): the same picks, in the same
+    order, as the original dense greedy (kept as `dense_greedy_max_coverage`), and the same coverage value."""
+    for seed in range(12):
+        g = torch.Generator().manual_seed(seed)
+        b, n, length = 3, (20, 64, 150)[seed % 3], 7
+        x, xc = torch.randn(b, n, 16, generator=g), torch.randn(b, n, 8, generator=g)
+        z = torch.randn(b, length, 16, generator=g)
+        mask = torch.ones(b, length, dtype=torch.bool)
+        mask[1, :3] = False  # padded rows
+        args = (x, xc, z, mask, 0.5, (0.02, 0.1, 1.0)[seed % 3], (0.2, 0.05)[seed % 2])
+        cover = coverage_matrix(*args)
+        k = (1, n // 3, n)[seed % 3]
+        reference, value = dense_greedy_max_coverage(cover, k)
+        picks, lazy_value, evaluated = greedy_max_coverage_t(coverage_matrix_t(*args), k, dense_below=dense_below)
+        assert torch.equal(picks, reference), seed
+        torch.testing.assert_close(lazy_value, value)
+        if dense_below == 0 and k == n // 3:  # the lazy path computes a small share of the dense K * N gains
+            assert int(evaluated.max()) < k * n // 2, (seed, evaluated.tolist())
+
+
+@pytest.mark.parametrize("dense_below", [0, 1 << 30])
+def test_lazy_greedy_breaks_exact_ties_like_the_dense_greedy(dense_below):
+    """Coverage values on a 1/8 grid (every sum exact, so equal gains are equal bits in any order), with duplicated
+    candidates and saturated rows: ties everywhere, each broken towards the lowest index by both greedies."""
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        b, r, n = 2, 3 + seed % 5, 6 + seed % 7
+        cover = torch.randint(0, 3, (b, r, n), generator=g).float() / 8
+        cover[:, :, n // 2] = cover[:, :, 0]  # an exact duplicate of candidate 0, further right
+        cover[:, :, -1] = cover[:, :, 1]
+        for k in (1, n // 2, n):
+            reference, _ = dense_greedy_max_coverage(cover, k)
+            picks, _, _ = greedy_max_coverage_t(
+                cover.transpose(1, 2).contiguous(), k, refresh=2, dense_below=dense_below
+            )
+            assert torch.equal(picks, reference), (seed, k)
+    assert greedy_max_coverage(torch.zeros(1, 4, 5), 3)[0].tolist() == [[0, 1, 2]]  # all gains 0: lowest first
 
 
 def test_padding_rows_change_nothing():
