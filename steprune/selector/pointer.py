@@ -61,6 +61,16 @@ class PointerOutput:
         return self.pi.shape[-1] - 1
 
 
+def check_loop_args(n: int, t_max: int, tau: float, min_k: int) -> None:
+    """Raise a clear error for loop arguments no selection over N = `n` tokens can honour."""
+    if isinstance(t_max, bool) or not isinstance(t_max, int) or not 1 <= t_max <= n:
+        raise ValueError(f"t_max must be an int in 1..N={n} (a token is never chosen twice), got {t_max!r}")
+    if not tau > 0:
+        raise ValueError(f"the pointer temperature tau must be > 0, got {tau}")
+    if isinstance(min_k, bool) or not isinstance(min_k, int) or not 0 <= min_k <= t_max:
+        raise ValueError(f"min_k must be an int in 0..t_max={t_max}, got {min_k!r}")
+
+
 class DecoderLayer(nn.Module):
     """Pre-norm decoder layer for one new query: cached causal self-attention, cross-attention to M, MLP."""
 
@@ -88,20 +98,29 @@ class DecoderLayer(nn.Module):
         k, v = self.cross_kv(memory).chunk(2, dim=-1)
         return self._heads(k), self._heads(v)
 
-    def step(
-        self, x: Tensor, cache: tuple[Tensor, Tensor] | None, memory_kv: tuple[Tensor, Tensor]
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        b, d = x.shape  # (B, D): the current query only
+    def step_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The current query's self-attention q, k, v: 3 x (B, H, 1, D/H)."""
         q, k, v = (self._heads(t) for t in self.self_qkv(self.norm_self(x))[:, None].chunk(3, dim=-1))
-        if cache is not None:  # keys/values of the earlier steps: (B, H, t-1, D/H)
-            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-        # one query over the steps so far (itself included): causal by construction, no mask needed
-        a = F.scaled_dot_product_attention(q, k, v)  # (B, H, 1, D/H)
+        return q, k, v
+
+    def step_rest(self, x: Tensor, a: Tensor, memory_kv: tuple[Tensor, Tensor]) -> Tensor:
+        """The layer after its self-attention output a (B, H, 1, D/H): residual, cross-attention to M, MLP."""
+        b, d = x.shape
         x = x + self.self_out(a.transpose(1, 2).reshape(b, d))
         q = self._heads(self.cross_q(self.norm_cross(x))[:, None])
         c = F.scaled_dot_product_attention(q, *memory_kv)  # (B, H, 1, D/H)
         x = x + self.cross_out(c.transpose(1, 2).reshape(b, d))
-        return x + self.mlp(self.norm_mlp(x)), (k, v)
+        return x + self.mlp(self.norm_mlp(x))
+
+    def step(
+        self, x: Tensor, cache: tuple[Tensor, Tensor] | None, memory_kv: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        q, k, v = self.step_qkv(x)  # x: (B, D), the current query only
+        if cache is not None:  # keys/values of the earlier steps: (B, H, t-1, D/H)
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        # one query over the steps so far (itself included): causal by construction, no mask needed
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, H, 1, D/H)
+        return self.step_rest(x, a, memory_kv), (k, v)
 
 
 class PointerDecoder(nn.Module):
@@ -137,12 +156,7 @@ class PointerDecoder(nn.Module):
         generator: torch.Generator | None = None,
     ) -> PointerOutput:
         b, n, d = h.shape  # (B, N, D)
-        if isinstance(t_max, bool) or not isinstance(t_max, int) or not 1 <= t_max <= n:
-            raise ValueError(f"t_max must be an int in 1..N={n} (a token is never chosen twice), got {t_max!r}")
-        if not tau > 0:
-            raise ValueError(f"the pointer temperature tau must be > 0, got {tau}")
-        if isinstance(min_k, bool) or not isinstance(min_k, int) or not 0 <= min_k <= t_max:
-            raise ValueError(f"min_k must be an int in 0..t_max={t_max}, got {min_k!r}")
+        check_loop_args(n, t_max, tau, min_k)
         memory = self.memory(h)  # (B, N+1, D)
         memory_kv = [layer.memory_kv(memory) for layer in self.layers]
         pointer_keys = self.pointer_k(memory)  # (B, N+1, D)

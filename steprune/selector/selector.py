@@ -55,6 +55,7 @@ from steprune.selector import checkpoint
 from steprune.selector.checkpoint import FORMAT
 from steprune.selector.denoiser import LocalDenoiser
 from steprune.selector.encoder import CrossModalEncoder
+from steprune.selector.fast_pointer import FastPointerLoop
 from steprune.selector.noise_gate import vp_noise_gate
 from steprune.selector.pointer import PointerDecoder, PointerOutput
 from steprune.selector.scores import AGGREGATIONS, Aggregation, expected_length, soft_scores
@@ -303,8 +304,11 @@ class StepPruneSelector(
         (None: the selector's own values).
         """
         offset = self.stop_offset if stop_offset is None else stop_offset
-        out = self.pointer(vision, text, text_mask, alpha, tau, t_max, stop_offset=offset, min_k=min_k)
-        return spatial_order(out.chosen, out.chosen_mask, vision.shape[1])
+        h = self.encoder(vision, text, text_mask, alpha)  # (B, N, D)
+        steps = self.steps_for(h.shape[1], t_max)
+        floor = min(self.min_k if min_k is None else min_k, steps)
+        picks = FastPointerLoop(self.decoder)(h, steps, tau, floor, offset)  # the eager loop's picks, bit for bit
+        return spatial_order(picks.chosen, picks.chosen_mask, vision.shape[1])
 
     def set_stop_offset(self, offset: float, calibration: dict | None = None) -> None:
         """Set the inference STOP offset (saved in the file's config) and how it was found (saved as metadata)."""
