@@ -85,6 +85,10 @@ bench: $(STAMP) ## FLOPs + prefill latency of every method at 192/128/64 tokens 
 bench-selector: $(STAMP) ## StepPrune's selector FLOPs + time against the pruned prefill, LLaVA-1.5-7B widths
 	$(PY) -m steprune.eval.selector_cost $(ARGS)
 
+.PHONY: bench-scaling
+bench-scaling: $(STAMP) ## selection time/FLOPs/memory of every method as N grows, LLaVA-1.5-7B widths (ARGS="--ns 144,576 --batches 1" on a CPU)
+	$(PY) -m steprune.eval.scaling $(ARGS)
+
 mlflow-ui: $(STAMP) ## open the MLflow UI on the project's tracking database
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000
 
