@@ -89,6 +89,10 @@ bench-selector: $(STAMP) ## StepPrune's selector FLOPs + time against the pruned
 bench-scaling: $(STAMP) ## selection time/FLOPs/memory of every method as N grows, LLaVA-1.5-7B widths (ARGS="--ns 144,576 --batches 1" on a CPU)
 	$(PY) -m steprune.eval.scaling $(ARGS)
 
+.PHONY: bench-gpu
+bench-gpu: $(STAMP) ## on a CUDA machine: the LLaVA-1.5-7B Table-3 protocol (bf16) + the scaling benchmark, < 10 min, reports/*_gpu.*
+	$(PY) -m steprune.eval.bench_gpu $(ARGS)
+
 mlflow-ui: $(STAMP) ## open the MLflow UI on the project's tracking database
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000
 
