@@ -9,11 +9,14 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 LATEST_VENV ?= .venv-latest
+LMMS_VENV ?= .venv-lmms
+LMMS_PY := $(LMMS_VENV)/bin/python
+LMMS_STAMP := $(LMMS_VENV)/.installed
 SWEEP ?= sweeps/stepprune_lambda_gamma_tau.yaml
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock test-latest test test-all lint format base train sweep ablate bench bench-selector eval mlflow-ui clean
+.PHONY: help install lock test-latest test-lmms test test-all lint format base train sweep ablate bench bench-selector eval mlflow-ui clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -49,6 +52,25 @@ test-latest: ## the fast suite in a separate venv with the newest release of eve
 	@echo "== newest releases under test ==" && $(LATEST_VENV)/bin/python -m pip list --format=freeze 2>/dev/null \
 		| grep -iE '^(torch|transformers|lightning|torchmetrics|jsonargparse|optuna|mlflow|datasets|tokenizers|safetensors|pillow|numpy|rich|pyyaml|huggingface.hub|pytest)=='
 	$(LATEST_VENV)/bin/python -m pytest -q $(ARGS); rc=$$?; echo "== test-latest exit code $$rc =="; exit $$rc
+
+# lmms-eval's own venv: requirements.lock less the two pins lmms-eval 0.7.3 cannot take (filelock 4 breaks its CLI,
+# wandb needs protobuf<7), tests/lmms/constraints.txt, and torch held at the build installed (a constraint, so pip
+# never swaps in a CUDA build). Then two uninstalls: torchvision (every wheel links CUDA libraries; with a CPU torch
+# `import torchvision` fails and takes `from transformers import AutoProcessor` down) and latex2sympy2 (its top-level
+# `tests` package shadows ours; only lmms-eval's math tasks use it).
+$(LMMS_STAMP): pyproject.toml $(LOCK) tests/lmms/constraints.txt
+	@test -x $(LMMS_PY) || $(PYTHON) -m venv $(LMMS_VENV)
+	@$(LMMS_PY) -c "import torch" 2>/dev/null || $(LMMS_PY) -m pip install -q "$(TORCH_SPEC)"
+	{ grep -vE '^(filelock|protobuf)==' $(LOCK); $(LMMS_PY) -c "import torch; print('torch==' + torch.__version__)"; } > $(LMMS_VENV)/lock.txt
+	$(LMMS_PY) -m pip install -q -c $(LMMS_VENV)/lock.txt -c tests/lmms/constraints.txt -e ".[dev,lmms]"
+	$(LMMS_PY) -m pip uninstall -y -q torchvision latex2sympy2
+	@touch $(LMMS_STAMP)
+
+# Not in `make test` / CI: the venv takes ~5 min to build and the tests ~1-2 min (README, "lmms-eval").
+# STEPRUNE_REQUIRE_LMMS=1 turns the tests' lmms-eval skip into a failure: this target never passes on skips.
+test-lmms: $(LMMS_STAMP) ## the lmms-eval plugin end to end, offline, in its own venv .venv-lmms (slow tests included)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 STEPRUNE_REQUIRE_LMMS=1 \
+		$(LMMS_PY) -m pytest -q -m "slow or not slow" tests/lmms $(ARGS)
 
 test: $(STAMP) ## run the fast test suite (what CI runs)
 	$(PY) -m pytest -q $(ARGS)

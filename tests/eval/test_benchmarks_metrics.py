@@ -220,6 +220,7 @@ def test_scienceqa_letter_match():
     assert letter_match("B", r) == 1.0
     assert letter_match("B. whale", r) == 1.0
     assert letter_match("A. shark", r) == 0.0
+    assert letter_match("b", r) == 1.0  # lmms-eval: the lone letter in either case
     assert letter_match("whale", r) == 0.0  # lmms-eval/LLaVA: the letter is required
     assert letter_match("The answer is B", r) == 0.0
 

@@ -116,3 +116,20 @@ def test_world_task_equals_steprune_eval(lmms_eval, method, budget):
     for kind, accuracy in row["per_kind"].items():
         assert result[f"{kind},none"] == pytest.approx(accuracy, abs=1e-6)
     assert lm.kept_token_stats[-1]["kept_tokens_mean"] == pytest.approx(row["k_mean"])
+
+
+def test_our_metrics_agree_with_lmms_evals_task_code(lmms_eval):
+    """Same predictions through our metrics and lmms-eval's process_results + aggregation: equal everywhere but
+    the two documented harness quirks (POPE's yes-ratio counts the ground truth; VQAv2 normalises unanimous
+    human answers, unlike the official script)."""
+    from steprune.integrations.lmms.metric_agreement import compare
+
+    rows = compare(seed=1, n=60)
+    quirks = {"POPE yes-ratio, splits pooled", "VQAv2 soft accuracy, human answers as typed"}
+    assert {r.name for r in rows} >= quirks and len(rows) == 17
+    for row in rows:
+        if row.name not in quirks:
+            assert row.ours == pytest.approx(row.harness, abs=1e-4), row.row()
+            assert not row.differing, row.row()
+    typed = next(r for r in rows if r.name == "VQAv2 soft accuracy, human answers as typed")
+    assert typed.differing and all(len(set(d["answers"])) == 1 for d in typed.differing)  # unanimous answers only

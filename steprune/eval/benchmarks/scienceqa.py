@@ -7,8 +7,10 @@ image (a local copy of the full ScienceQA) are skipped.
 
 Prompt (LLaVA-1.5 / lmms-eval): "[Context: hint\\n]question\\nA. ...\\nB. ...\\n" + "Answer with the
 option's letter from the given choices directly."
-Metric: lmms-eval `sqa_process_results` (itself LLaVA's rule): correct if the stripped answer is exactly
-the letter, or has the form "X. ..." with X the letter; accuracy ×100.
+Metric: lmms-eval `sqa_process_results`: correct if the stripped answer is the letter in either case ("b"
+counts), or has the form "X. ..." with X the upper-case letter; accuracy ×100. (LLaVA's `eval_science_qa.py`
+differs: case-sensitive, "X. " needs the space, and it also reads "The answer is X."; checked against
+lmms-eval 0.7.3 in reports/lmms_metric_agreement.md.)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from steprune.eval.benchmarks.options import LETTERS, option_block
 def letter_match(prediction: str, record: Record) -> float:
     target = record.answers[0]
     pred = prediction.strip()
-    if pred == target:
+    if pred.lower() == target.lower():
         return 1.0
     if len(pred) >= 2 and pred[0].isupper() and pred[1] == ".":
         return float(pred[0] == target)

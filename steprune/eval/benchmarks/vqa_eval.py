@@ -17,8 +17,9 @@ Soft accuracy (Antol et al. 2015; official `vqaEval.py`): with the 10 human answ
 leave-one-out subsets of 9, acc_i = min(#(answers in the subset equal to the prediction) / 3, 1); the
 question's accuracy is the mean of the 10 acc_i. (A prediction matching m of the 10 answers scores
 0.3 / 0.6 / 0.9 / 1.0 for m = 1 / 2 / 3 / >= 4.) The official script normalises the human answers only
-when they disagree (`gt_normalization="if_disagree"`, used for VQAv2 as in lmms-eval's `vqav2`);
-lmms-eval's TextVQA normalises them always (`"always"`). The prediction is always normalised.
+when they disagree (`gt_normalization="if_disagree"`, used for VQAv2); lmms-eval normalises them always
+(`"always"`, used for TextVQA as lmms-eval's `textvqa` does; its `vqav2` does the same, unlike the official
+script). The prediction is always normalised.
 """
 
 from __future__ import annotations

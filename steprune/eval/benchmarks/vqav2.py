@@ -8,7 +8,10 @@ strings are accepted too.
 
 Prompt (LLaVA-1.5): question + "\\nAnswer the question using a single word or phrase."
 Metric: `vqa_eval.vqa_soft_accuracy` with the official normalisation, human answers normalised only
-when they disagree (official `vqaEval.py`, lmms-eval `vqav2_process_results`); mean ×100.
+when they disagree (official `vqaEval.py`; the prediction always, as the evaluation server processes machine
+answers); mean ×100. lmms-eval 0.7.3's `vqav2_process_results` normalises the human answers always, so it
+scores higher when all ten agree on a form that normalisation changes ("two", "the dog"); see
+reports/lmms_metric_agreement.md.
 """
 
 from __future__ import annotations
