@@ -128,13 +128,16 @@ class WorldDataModule(L.LightningDataModule):
 
 # --------------------------------------------------------------------------------------------------
 # A fixed pool of records with multi-turn conversations: what the base recipe (`make base`) trains on.
-def world_records(split: str, num: int, cfg: WorldConfig, seed: int, processes: int = 1) -> list[dict[str, Any]]:
-    """`generate_records(split, num, cfg, seed)`, optionally split over `processes` (same records, same order)."""
+def world_records(
+    split: str, num: int, cfg: WorldConfig, seed: int, processes: int = 1, start: int = 0
+) -> list[dict[str, Any]]:
+    """`generate_records(split, num, cfg, seed, start)`, optionally split over `processes` (same records, same
+    order)."""
     if processes <= 1 or num < 64:
-        return generate_records(split, num, cfg, seed)
+        return generate_records(split, num, cfg, seed, start)
     import multiprocessing as mp
 
-    bounds = [num * i // processes for i in range(processes + 1)]
+    bounds = [start + num * i // processes for i in range(processes + 1)]
     jobs = [(split, bounds[i + 1] - bounds[i], cfg, seed, bounds[i]) for i in range(processes)]
     with mp.get_context("fork").Pool(processes) as pool:
         parts = pool.starmap(generate_records, jobs)

@@ -73,6 +73,14 @@ class BaseRecipe:
     patch_weight: float = 1.0
     """Weight of stage 2's per-patch auxiliary loss (`ProjectorLMModule`): 0 turns it off."""
     warmup_steps: int = 100
+    stage3_steps: int = 0
+    """A second projector + LM phase after stage 2 on `stage3_pool` fresh train records (those after stage 2's
+    pool), its own warm-up and cosine from `stage3_lr`, no patch loss (stage 1's head is not needed any more), the
+    RNG reseeded at its start — so it can also continue a saved stage-2 base (`--stage3-from`) to the same weights.
+    0: no stage 3 (v2)."""
+    stage3_lr: float = 8e-4
+    stage3_pool: int = 10000
+    stage3_warmup: int = 50
     eval_size: int = 2000
     curve_every: int = 250
     """Every this many stage-2 steps, accuracy on `curve_size` val records goes into build_info (0: never)."""
@@ -91,6 +99,7 @@ class BaseRecipe:
 
 RECIPES: dict[str, dict[str, Any]] = {
     "v2": {},
+    "v3": {"stage3_steps": 1500},
     "quick": {
         "text_layers": 3,
         "pool_size": 6000,
@@ -226,28 +235,115 @@ def stage2_loader(chats: ChatPool, recipe: BaseRecipe, collate: Any, generator: 
     return DataLoader(chats, generator=generator, collate_fn=collate, num_workers=recipe.loader_workers, **batching)
 
 
+STAGE12_INDEPENDENT = {"eval_size", "curve_every", "curve_size", "loader_workers"}
+"""Recipe fields that do not change the weights stages 1-2 produce (besides the `stage3_*` ones)."""
+
+
+def load_stage2_base(directory: Path, recipe: BaseRecipe) -> tuple[Any, Any, dict[str, Any]]:
+    """A saved base whose stages 1-2 are this recipe's, to continue with stage 3 (`--stage3-from`)."""
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    check_base(directory)
+    parent = json.loads((directory / "build_info.json").read_text())
+    theirs, ours = parent.get("recipe", {}), asdict(recipe)
+    differ = {
+        k: (theirs.get(k), v)
+        for k, v in ours.items()
+        if not k.startswith("stage3_") and k not in STAGE12_INDEPENDENT and theirs.get(k) != v
+    }
+    if differ or theirs.get("stage3_steps", 0):
+        raise ValueError(
+            f"{directory} was not built by this recipe's stages 1-2 (field: (its value, this recipe's) {differ}"
+            f"{', and it already ran a stage 3' if theirs.get('stage3_steps', 0) else ''}); continue a base built "
+            "with the same stage-1/2 flags, or rebuild from scratch without --stage3-from"
+        )
+    model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
+    processor = LlavaProcessor.from_pretrained(directory)
+    return model, processor, parent
+
+
 def build_base(
     out: Path,
     world: dict[str, Any] | None = None,
     recipe: BaseRecipe | None = None,
     force: bool = False,
     progress: bool = True,
+    stage3_from: Path | None = None,
 ) -> dict[str, Any]:
-    """Build the base into `out` (reused when present and sound) and return its build info."""
+    """Build the base into `out` (reused when present and sound) and return its build info. With `stage3_from`
+    (a base built by this recipe's stages 1-2), stages 1-2 are loaded from it and only stage 3 runs."""
     recipe = recipe or BaseRecipe()
     out = Path(out)
     if out.exists() and not force:
         check_base(out)
         print(f"reusing the base model at {out} (make base ARGS=--force rebuilds it)")
         return json.loads((out / "build_info.json").read_text())
+    if stage3_from is not None and not recipe.stage3_steps:
+        raise ValueError("--stage3-from continues a base with stage 3: give --stage3-steps > 0 (or --recipe v3)")
     torch.set_num_threads(recipe.threads)
     build_provenance = provenance()  # taken at the start: the commit whose recipe runs, on this CPU and threads
     L.seed_everything(recipe.seed, verbose=False)
     cfg = world_config(world)
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    curve_records = world_records("val", recipe.curve_size, cfg, recipe.seed) if recipe.curve_every else []
+    lineage: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    if stage3_from is None:
+        model, processor = stage1_and_2(cfg, recipe, out, progress, curve_records, timings, rows)
+    else:
+        model, processor, parent = load_stage2_base(Path(stage3_from), recipe)
+        lineage = {
+            "stage3_from": {
+                "weights_sha256": parent.get("weights_sha256"),
+                "commit": parent.get("provenance", {}).get("commit"),
+                "timings": parent.get("timings", {}),
+                "test_accuracy": {k: parent.get("test_accuracy", {}).get(k) for k in ("overall", "per_kind")},
+            }
+        }
+        rows = list(parent.get("curve", []))
+    if recipe.stage3_steps:
+        stage3(model, processor, cfg, recipe, out, progress, curve_records, timings, rows)
+    model.eval().requires_grad_(True)
+
+    t = time.perf_counter()
+    scores = evaluate_base(model, processor, cfg, recipe)
+    timings["eval_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - started
+    info = {
+        "recipe": asdict(recipe),
+        "world": dict(world or {}),
+        "provenance": build_provenance,
+        "timings": timings,
+        **lineage,
+        **scores,
+        "curve": rows,
+    }
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    info["weights_sha256"] = weights_digest(staging)
+    (staging / "build_info.json").write_text(json.dumps(info, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return info
+
+
+def stage1_and_2(
+    cfg: WorldConfig,
+    recipe: BaseRecipe,
+    out: Path,
+    progress: bool,
+    curve_records: list[dict[str, Any]],
+    timings: dict[str, float],
+    rows: list[dict[str, Any]],
+) -> tuple[Any, Any]:
+    """Tokenizer, model, stage 1 (vision tower) and stage 2 (projector + LM with the patch loss)."""
+    t = time.perf_counter()
     pool = world_records("train", recipe.pool_size, cfg, recipe.seed, recipe.pool_processes)
-    timings["world_s"] = time.perf_counter() - started
+    timings["world_s"] = time.perf_counter() - t
     t = time.perf_counter()
     processor = build_processor(cfg, recipe)
     model = build_model(cfg, recipe, processor)
@@ -286,7 +382,6 @@ def build_base(
         locate_turns=recipe.locate_turns,
     )
     loader = stage2_loader(chats, recipe, MultiTurnCollator(processor), generator)
-    curve_records = world_records("val", recipe.curve_size, cfg, recipe.seed) if recipe.curve_every else []
     curve = AccuracyCurve(model, processor, curve_records, recipe.curve_every)
     stage2 = ProjectorLMModule(
         model, recipe.stage2_lr, recipe.warmup_steps, stage1.head, stage1.sizes, recipe.patch_weight
@@ -294,30 +389,46 @@ def build_base(
     trainer(recipe.stage2_steps, out.parent, progress, [curve]).fit(stage2, loader)  # on_fit_end unhooks
     timings["stage2_s"] = time.perf_counter() - t - curve.spent
     timings["curve_s"] = curve.spent
-    model.eval().requires_grad_(True)
+    rows.extend({**row, "stage": 2} for row in curve.rows)
+    return model, processor
 
+
+def stage3(
+    model: Any,
+    processor: Any,
+    cfg: WorldConfig,
+    recipe: BaseRecipe,
+    out: Path,
+    progress: bool,
+    curve_records: list[dict[str, Any]],
+    timings: dict[str, float],
+    rows: list[dict[str, Any]],
+) -> None:
+    """Stage 3: projector + LM again on `stage3_pool` fresh train records (indices after stage 2's pool), with its
+    own warm-up and cosine, no patch loss; the RNG is reseeded first, so a build from scratch and a continuation of
+    its saved stage-2 weights (`--stage3-from`) train the same stage 3."""
+    L.seed_everything(recipe.seed + 3, verbose=False)
     t = time.perf_counter()
-    scores = evaluate_base(model, processor, cfg, recipe)
-    timings["eval_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - started
-    info = {
-        "recipe": asdict(recipe),
-        "world": dict(world or {}),
-        "provenance": build_provenance,
-        "timings": timings,
-        **scores,
-        "curve": curve.rows,
-    }
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    processor.save_pretrained(staging)
-    info["weights_sha256"] = weights_digest(staging)
-    (staging / "build_info.json").write_text(json.dumps(info, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-    return info
+    pool = world_records("train", recipe.stage3_pool, cfg, recipe.seed, recipe.pool_processes, start=recipe.pool_size)
+    timings["stage3_world_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    generator = torch.Generator().manual_seed(recipe.seed + 3)
+    trainable(model)
+    chats = ChatPool(
+        pool,
+        cfg,
+        recipe.turns,
+        recipe.caption_prob,
+        views=1 + recipe.stage3_steps * recipe.stage2_batch // len(pool),
+        locate_turns=recipe.locate_turns,
+    )
+    loader = stage2_loader(chats, recipe, MultiTurnCollator(processor), generator)
+    curve = AccuracyCurve(model, processor, curve_records, recipe.curve_every)
+    module = ProjectorLMModule(model, recipe.stage3_lr, recipe.stage3_warmup).train()  # a loaded base is in eval
+    trainer(recipe.stage3_steps, out.parent, progress, [curve]).fit(module, loader)
+    timings["stage3_s"] = time.perf_counter() - t - curve.spent
+    timings["stage3_curve_s"] = curve.spent
+    rows.extend({**row, "stage": 3} for row in curve.rows)
 
 
 def evaluate_base(model: Any, processor: Any, cfg: WorldConfig, recipe: BaseRecipe) -> dict[str, Any]:
@@ -359,6 +470,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="directory (default: $STEPRUNE_HOME/base or artifacts/base)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a base exists")
     parser.add_argument("--recipe", default="v2", choices=sorted(RECIPES), help="preset (flags below override it)")
+    parser.add_argument(
+        "--stage3-from",
+        type=Path,
+        default=None,
+        help="a base built by this recipe's stages 1-2: load it and run only stage 3 (same weights as a full build)",
+    )
     for name, value in asdict(BaseRecipe()).items():
         flag = f"--{name.replace('_', '-')}"
         if isinstance(value, bool):
@@ -372,7 +489,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     out = Path(args.out) if args.out else default_base_dir()
-    info = build_base(out, recipe=recipe, force=args.force)
+    try:
+        info = build_base(out, recipe=recipe, force=args.force, stage3_from=args.stage3_from)
+    except ValueError as error:
+        parser.error(str(error))
     print_report(info)
     print(f"base model: {out}")
     return 0

@@ -371,3 +371,29 @@ def test_the_micro_recipe_built_twice_gives_identical_weights(micro_base, tmp_pa
     out, info = micro_base
     again = build_base(tmp_path / "again", world=MICRO_WORLD, recipe=MICRO, progress=False)
     assert again["weights_sha256"] == info["weights_sha256"] == weights_digest(tmp_path / "again")
+
+
+def test_stage3_continued_from_a_saved_base_equals_the_full_build(micro_base, tmp_path):
+    """`--stage3-from` (load stages 1-2, run stage 3) gives the weights of the same recipe built from scratch, and
+    records its parent; a base from other stage-1/2 flags is refused by name."""
+    from dataclasses import replace
+
+    out, info = micro_base
+    with_stage3 = replace(MICRO, stage3_steps=2, stage3_pool=8, stage3_warmup=1)
+    full = build_base(tmp_path / "full", world=MICRO_WORLD, recipe=with_stage3, progress=False)
+    continued = build_base(
+        tmp_path / "continued", world=MICRO_WORLD, recipe=with_stage3, progress=False, stage3_from=out
+    )
+    assert full["weights_sha256"] == continued["weights_sha256"] != info["weights_sha256"]
+    assert continued["stage3_from"]["weights_sha256"] == info["weights_sha256"]
+    assert [row["stage"] for row in full["curve"]] == [2, 3] == [row["stage"] for row in continued["curve"]]
+    with pytest.raises(ValueError, match="stage2_steps"):
+        build_base(
+            tmp_path / "bad",
+            world=MICRO_WORLD,
+            recipe=replace(with_stage3, stage2_steps=3),
+            progress=False,
+            stage3_from=out,
+        )
+    with pytest.raises(ValueError, match="stage3-steps"):
+        build_base(tmp_path / "bad", world=MICRO_WORLD, recipe=MICRO, progress=False, stage3_from=out)
