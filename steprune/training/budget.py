@@ -12,6 +12,17 @@ and after every optimisation step, with the batch's mean hard K (all-reduced ove
 
     λ <- λ + η · (mean_b K_b / N - ρ*)          # not clipped at 0: below the target it rewards tokens
 
+Damping (beyond methods.md, a PI Lagrangian as in Stooke et al. 2020, "Responsive Safety in Reinforcement
+Learning by PID Lagrangian Methods"): pure dual ascent is an integrator, and the selector's K answers λ with a lag
+of hundreds of steps (the straight-through K is a hard argmax trajectory: E[K] moves long before the greedy stop
+does), so λ winds up and K swings past K* (reports/stepprune_controller_trace.md: λ to −7.5, K 10 -> 28 at K* 16).
+`kp` adds a proportional term on an exponential average ĉ of the hard constraint, and `lam_max` bounds the integral
+(anti-windup); the penalty then uses
+
+    λ_eff = λ + kp · ĉ,     λ <- clip(λ + η · c_hard, −lam_max, lam_max)
+
+`kp=0, lam_max=None` is the plain dual ascent of methods.md §1.8 item 4.
+
 ρ* is warmed from T_max/N down to K*/N linearly over the first `warmup_steps` steps, so the selector first learns
 which tokens matter while it keeps many. The constraint is on the batch mean: K still varies per image. The state
 (λ, the steps applied, the target) goes into checkpoints, and the warm-up position is the trainer's global step,
@@ -43,13 +54,22 @@ class BudgetController(L.Callback):
         mu: float = 4.0,
         warmup_steps: int = 100,
         lam_init: float = 0.0,
+        kp: float = 0.0,
+        lam_max: float | None = None,
+        smoothing: float = 0.9,
     ) -> None:
         if target_k is not None and target_k <= 0:
             raise ValueError(f"target_k must be > 0 (a number of visual tokens), got {target_k}")
         if eta <= 0 or mu < 0 or warmup_steps < 0:
             raise ValueError(f"need eta > 0, mu >= 0 and warmup_steps >= 0, got {eta}, {mu}, {warmup_steps}")
+        if kp < 0 or (lam_max is not None and lam_max <= 0) or not 0 <= smoothing < 1:
+            raise ValueError(
+                f"need kp >= 0, lam_max > 0 (or None) and 0 <= smoothing < 1, got {kp}, {lam_max}, {smoothing}"
+            )
         self.target_k, self.eta, self.mu, self.warmup_steps = target_k, eta, mu, warmup_steps
+        self.kp, self.lam_max, self.smoothing = kp, lam_max, smoothing
         self.lam = float(lam_init)
+        self.c_ema: float | None = None  # exponential average of the hard constraint (None before the first step)
         self.steps = 0  # optimisation steps whose K has updated λ
 
     @property
@@ -63,15 +83,24 @@ class BudgetController(L.Callback):
             return float(self.target_k)
         return t_max + (self.target_k - t_max) * step / self.warmup_steps
 
+    @property
+    def lam_effective(self) -> float:
+        """The multiplier the penalty uses: λ plus the proportional term kp · ĉ."""
+        return self.lam + self.kp * (self.c_ema or 0.0)
+
     def penalty(self, expected_k_mean: Any, num_tokens: int, t_max: int, step: int) -> tuple[Any, Any]:
-        """(λ·c + μ/2·c², c) for the batch-mean differentiable E[K] (a tensor) at `step`."""
+        """(λ_eff·c + μ/2·c², c) for the batch-mean differentiable E[K] (a tensor) at `step`."""
         c = expected_k_mean / num_tokens - self.target_tokens(step, t_max) / num_tokens
-        return self.lam * c + 0.5 * self.mu * c * c, c
+        return self.lam_effective * c + 0.5 * self.mu * c * c, c
 
     def update(self, k_mean: float, num_tokens: int, t_max: int, step: int) -> float:
         """One dual-ascent step from the batch's mean hard K at `step`; returns the new λ."""
         if self.active:
-            self.lam += self.eta * (k_mean - self.target_tokens(step, t_max)) / num_tokens
+            c = (k_mean - self.target_tokens(step, t_max)) / num_tokens
+            self.c_ema = c if self.c_ema is None else self.smoothing * self.c_ema + (1 - self.smoothing) * c
+            self.lam += self.eta * c
+            if self.lam_max is not None:
+                self.lam = min(max(self.lam, -self.lam_max), self.lam_max)
         return self.lam
 
     def _check_target(self, module: L.LightningModule) -> None:
@@ -99,10 +128,17 @@ class BudgetController(L.Callback):
         k_mean, num_tokens, t_max, step = stats
         self.update(k_mean, num_tokens, t_max, step)
         self.steps = trainer.global_step
-        module.log_dict({"budget/lam": self.lam, "budget/target_k": self.target_tokens(step, t_max)}, batch_size=1)
+        module.log_dict(
+            {
+                "budget/lam": self.lam,
+                "budget/lam_effective": self.lam_effective,
+                "budget/target_k": self.target_tokens(step, t_max),
+            },
+            batch_size=1,
+        )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lam": self.lam, "steps": self.steps, "target_k": self.target_k}
+        return {"lam": self.lam, "steps": self.steps, "target_k": self.target_k, "c_ema": self.c_ema}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "lam" not in state_dict:
@@ -116,3 +152,4 @@ class BudgetController(L.Callback):
                 "resume with the same --budget.target_k, or start a new run"
             )
         self.lam, self.steps = float(state_dict["lam"]), int(state_dict["steps"])
+        self.c_ema = state_dict.get("c_ema")  # absent in checkpoints from before the proportional term: None

@@ -265,7 +265,7 @@ class StepPruneModule(L.LightningModule):
         controller = self.budget_controller
         if controller is not None:
             len_penalty, constraint = controller.penalty(expected_k, n, t_max, self.global_step)
-            lam = controller.lam
+            lam = controller.lam_effective
         else:
             lam = self.lam_scale * self.hparams.lam
             len_penalty = lam * expected_k / n

@@ -38,7 +38,67 @@ def test_penalty_is_the_augmented_lagrangian_and_differentiable():
     assert float(expected_k.grad) == pytest.approx((0.3 + 4.0 * 0.14) / 100)
 
 
-@pytest.mark.parametrize("kwargs", [{"target_k": 0}, {"target_k": 8, "eta": 0}, {"mu": -1}, {"warmup_steps": -1}])
+def test_proportional_term_and_anti_windup():
+    """λ_eff = λ + kp·ĉ (ĉ the exponential average of the hard constraint) is what the penalty's gradient carries;
+    the integral stops at ±lam_max; kp = 0 without lam_max is the plain dual ascent."""
+    control = BudgetController(target_k=16, eta=0.5, mu=0.0, warmup_steps=0, kp=10.0, lam_max=0.1, smoothing=0.5)
+    assert control.lam_effective == 0.0
+    control.update(k_mean=4.0, num_tokens=144, t_max=32, step=0)  # c = -12/144
+    assert control.c_ema == pytest.approx(-12 / 144) and control.lam == pytest.approx(-0.5 * 12 / 144)
+    control.update(k_mean=16.0, num_tokens=144, t_max=32, step=1)  # c = 0: the average halves, λ stays
+    assert control.c_ema == pytest.approx(-6 / 144) and control.lam == pytest.approx(-0.5 * 12 / 144)
+    assert control.lam_effective == pytest.approx(-0.5 * 12 / 144 - 10 * 6 / 144)
+    expected_k = torch.tensor(20.0, requires_grad=True)
+    control.penalty(expected_k, num_tokens=144, t_max=32, step=2)[0].backward()
+    assert float(expected_k.grad) == pytest.approx(control.lam_effective / 144)
+    for _ in range(50):
+        control.update(k_mean=0.0, num_tokens=144, t_max=32, step=3)
+    assert control.lam == pytest.approx(-0.1), "the integral is bounded"
+    restored = BudgetController(target_k=16, kp=10.0, lam_max=0.1)
+    restored.load_state_dict(control.state_dict())
+    assert (restored.lam, restored.c_ema) == (control.lam, control.c_ema)
+    old = {"lam": 0.2, "steps": 3, "target_k": 16}  # a checkpoint from before the proportional term
+    restored.load_state_dict(old)
+    assert restored.c_ema is None and restored.lam_effective == 0.2
+
+
+def test_damping_stops_the_swing_of_a_lagged_plant():
+    """A toy plant for the world run's pathology (reports/stepprune_controller_trace.md): the selector's K moves at a
+    rate set by the multiplier (the optimiser integrates the penalty's gradient) and only after a 60-step lag. Pure
+    dual ascent on it is a double integrator and swings from floor to ceiling; the proportional term (same η)
+    damps it: a smaller overshoot and K within 10 % of K* over the last 300 steps. A check of the mechanism, not of
+    the gains on the world (those are measured there)."""
+
+    def simulate(**kwargs) -> list[float]:
+        control = BudgetController(target_k=16, warmup_steps=0, **kwargs)
+        k, history, lams = 10.0, [], []
+        for step in range(1500):
+            lams.append(control.lam_effective)
+            pushed = lams[step - 60] if step >= 60 else 0.0
+            k = min(max(k - 0.09 * pushed, 1.0), 32.0)  # λ < 0 rewards tokens: K rises
+            control.update(k_mean=k, num_tokens=144, t_max=32, step=step)
+            history.append(k)
+        return history
+
+    plain, damped = simulate(eta=0.1), simulate(eta=0.1, kp=20.0)
+    overshoot = lambda ks: max(ks) - 16  # noqa: E731
+    settled = lambda ks: max(abs(k - 16) for k in ks[-300:])  # noqa: E731
+    assert min(plain[-600:]) < 4 and max(plain[-600:]) > 28, "the plain integrator swings floor to ceiling"
+    assert overshoot(damped) < 0.5 * overshoot(plain) and settled(damped) < 0.1 * 16
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"target_k": 0},
+        {"target_k": 8, "eta": 0},
+        {"mu": -1},
+        {"warmup_steps": -1},
+        {"kp": -1},
+        {"lam_max": 0},
+        {"smoothing": 1.0},
+    ],
+)
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         BudgetController(**kwargs)
