@@ -3,10 +3,12 @@
     python -m steprune.recipes.build_base                    # artifacts/base (STEPRUNE_HOME overrides artifacts/)
     python -m steprune.recipes.build_base --force            # rebuild over an existing base
     python -m steprune.recipes.build_base --stage2-steps 50  # a quick, weak base for trying things
+    python -m steprune.recipes.build_base --force --stage3-from old/base  # stage 3 only, on a saved stage-2 base
 
 Recipe: world text -> byte-level BPE tokenizer -> LlavaProcessor (PIL image processor, no torchvision)
 -> LLaVA config (96 px, patch 8: 144 visual tokens) -> stage 1 (vision tower, dense per-patch labels) ->
-stage 2 (projector + LM, tower frozen) -> test-split accuracy per kind and a blind baseline ->
+stage 2 (projector + LM, tower frozen) -> stage 3 (projector + LM on fresh records, its own cosine) ->
+test-split accuracy per kind and a blind baseline ->
 `save_pretrained` into a temporary directory renamed into place, with `build_info.json`.
 A base that exists is reused; one that is corrupt is reported, never silently retrained over.
 """
@@ -39,9 +41,10 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 
 @dataclass
 class BaseRecipe:
-    """Every knob of the base build (recorded in build_info.json). The defaults are base v2 (session 9): a 12-layer
-    LM, so that FastV/DART's unpruned early layers are 2 of 12 (LLaVA-1.5-7B: 2 of 32), not 1 of 3; `RECIPES`
-    keeps the earlier 3-layer, ~18-minute build as the `quick` preset."""
+    """Every knob of the base build (recorded in build_info.json). The defaults are base v3 (session 12): base v2's
+    12-layer LM (session 9), so that FastV/DART's unpruned early layers are 2 of 12 (LLaVA-1.5-7B: 2 of 32), not 1
+    of 3, plus a 900-step stage 3; `RECIPES` keeps v2 (no stage 3) and the earlier 3-layer, ~18-minute build as the
+    `quick` preset."""
 
     seed: int = 0
     vision_hidden: int = 128
@@ -73,11 +76,11 @@ class BaseRecipe:
     patch_weight: float = 1.0
     """Weight of stage 2's per-patch auxiliary loss (`ProjectorLMModule`): 0 turns it off."""
     warmup_steps: int = 100
-    stage3_steps: int = 0
+    stage3_steps: int = 900
     """A second projector + LM phase after stage 2 on `stage3_pool` fresh train records (those after stage 2's
     pool), its own warm-up and cosine from `stage3_lr`, no patch loss (stage 1's head is not needed any more), the
     RNG reseeded at its start — so it can also continue a saved stage-2 base (`--stage3-from`) to the same weights.
-    0: no stage 3 (v2)."""
+    900 in v3 (session 12: 72.4 -> see reports/base_build.md); 0: no stage 3 (v2)."""
     stage3_lr: float = 8e-4
     stage3_pool: int = 10000
     stage3_warmup: int = 50
@@ -98,8 +101,8 @@ class BaseRecipe:
 
 
 RECIPES: dict[str, dict[str, Any]] = {
-    "v2": {},
-    "v3": {"stage3_steps": 1500},
+    "v3": {},
+    "v2": {"stage3_steps": 0},
     "quick": {
         "text_layers": 3,
         "pool_size": 6000,
@@ -109,6 +112,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "warmup_steps": 50,
         "eval_size": 500,
         "curve_every": 150,
+        "stage3_steps": 0,
     },
 }
 """Named presets over `BaseRecipe`'s defaults (`--recipe NAME`; explicit flags override them). `quick` is the
@@ -469,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="build (or reuse) the built-in world's base MLLM")
     parser.add_argument("--out", default=None, help="directory (default: $STEPRUNE_HOME/base or artifacts/base)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a base exists")
-    parser.add_argument("--recipe", default="v2", choices=sorted(RECIPES), help="preset (flags below override it)")
+    parser.add_argument("--recipe", default="v3", choices=sorted(RECIPES), help="preset (flags below override it)")
     parser.add_argument(
         "--stage3-from",
         type=Path,
@@ -481,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(value, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
-            parser.add_argument(flag, type=type(value), default=None, help=f"v2 default: {value}")
+            parser.add_argument(flag, type=type(value), default=None, help=f"v3 default: {value}")
     args = parser.parse_args(argv)
     try:
         given = {k: getattr(args, k) for k in asdict(BaseRecipe()) if getattr(args, k) is not None}
