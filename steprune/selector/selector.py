@@ -223,16 +223,30 @@ class StepPruneSelector(
         generator: torch.Generator | None = None,
         t_max: int | None = None,
         explore: bool = False,
+        stop_offset: float = 0.0,
     ) -> dict[str, Tensor]:
         """The training surrogate (`self.surrogate`) for vision (B, N, D_v), text (B, L, D_llm), text_mask (B, L).
 
         `explore` (removal surrogate only) samples each pointer action from pi_t instead of the argmax.
+        `stop_offset` is added to the STOP logit at every step, as `select` adds the calibrated one (the budget
+        controller's STOP-offset actuator trains with it; 0 leaves the loop as specified, bit for bit).
         """
         if self.surrogate == "removal":
-            return self._forward_removal(vision, text, text_mask, alpha, tau, gamma, generator, t_max, explore)
+            return self._forward_removal(
+                vision, text, text_mask, alpha, tau, gamma, generator, t_max, explore, stop_offset
+            )
         if explore:
             raise ValueError("explore samples the pointer's actions: it belongs to the removal surrogate only")
-        out = self.pointer(vision, text, text_mask, alpha, tau, t_max, continue_after_stop=self.horizon == "t_max")
+        out = self.pointer(
+            vision,
+            text,
+            text_mask,
+            alpha,
+            tau,
+            t_max,
+            continue_after_stop=self.horizon == "t_max",
+            stop_offset=stop_offset,
+        )
         scores = soft_scores(out.pi, out.step_valid, gamma, self.aggregation, out.horizon)  # (B, N)
         k = out.lengths.to(scores.dtype).mean() if k_bar is None else k_bar
         if self.polarisation == "ot":
@@ -251,6 +265,7 @@ class StepPruneSelector(
             "horizon": out.horizon,  # (B, T)
             "chosen": out.chosen,  # (B, T_max) choice order
             "chosen_mask": out.chosen_mask,
+            "actions": out.actions,  # (B, T) the hard choice per step (N = STOP)
         }
 
     def _forward_removal(
@@ -264,9 +279,12 @@ class StepPruneSelector(
         generator: torch.Generator | None,
         t_max: int | None,
         explore: bool,
+        stop_offset: float = 0.0,
     ) -> dict[str, Tensor]:
         """methods.md §1.8 items 1-2: the hard set with a straight-through gate; features unchanged."""
-        out = self.pointer(vision, text, text_mask, alpha, tau, t_max, explore=explore, generator=generator)
+        out = self.pointer(
+            vision, text, text_mask, alpha, tau, t_max, stop_offset=stop_offset, explore=explore, generator=generator
+        )
         scores = soft_scores(out.pi, out.step_valid, gamma, self.aggregation, out.horizon)  # (B, N)
         b, n = scores.shape
         hard = torch.zeros(b, n, dtype=scores.dtype, device=scores.device)
@@ -284,6 +302,7 @@ class StepPruneSelector(
             "horizon": out.horizon,
             "chosen": out.chosen,
             "chosen_mask": out.chosen_mask,
+            "actions": out.actions,  # (B, T) the hard choice per step (N = STOP)
         }
 
     @torch.no_grad()

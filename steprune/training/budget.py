@@ -23,6 +23,19 @@ does), so λ winds up and K swings past K* (reports/stepprune_controller_trace.m
 
 `kp=0, lam_max=None` is the plain dual ascent of methods.md §1.8 item 4.
 
+The STOP-offset actuator (`actuator="stop_offset"`, beyond methods.md; session 13): the same integral, but on the
+offset delta that inference adds to the STOP logit (the knob calibration bisects, §1.8 item 5) instead of on λ:
+
+    delta <- delta + eta_offset · (mean_b K_b - K*_t)         # tokens; λ stays at lam_init
+
+The module trains with delta in the pointer's logits (`selector.stop_offset`), so the hard K the LLM sees in
+training is the one inference gives at that offset. Unlike λ, which acts on K only through hundreds of optimiser
+steps of the STOP head's weights (reports/stepprune_controller_kp.md: K ignored λ in both directions), delta moves
+every sample's K at once and monotonically (calibration.py), so the loop is a first-order one: stable for
+0 < eta_offset · |dK/d delta| < 2 (measured on the world: about 4 tokens per unit of delta, the default gives
+0.2). The learned STOP logit keeps what differs between images (K still varies per image); delta carries the
+common level. The penalty stays λ·c + μ/2·c² with the fixed λ (0 by default): μ anchors E[K] near K*.
+
 ρ* is warmed from T_max/N down to K*/N linearly over the first `warmup_steps` steps, so the selector first learns
 which tokens matter while it keeps many. The constraint is on the batch mean: K still varies per image. The state
 (λ, the steps applied, the target) goes into checkpoints, and the warm-up position is the trainer's global step,
@@ -43,6 +56,8 @@ from typing import Any
 
 import lightning as L
 
+ACTUATORS: tuple[str, ...] = ("lambda", "stop_offset")
+
 
 class BudgetController(L.Callback):
     """Dual ascent on the length multiplier λ towards a mean of `target_k` kept visual tokens."""
@@ -57,6 +72,8 @@ class BudgetController(L.Callback):
         kp: float = 0.0,
         lam_max: float | None = None,
         smoothing: float = 0.9,
+        actuator: str = "lambda",
+        eta_offset: float = 0.05,
     ) -> None:
         if target_k is not None and target_k <= 0:
             raise ValueError(f"target_k must be > 0 (a number of visual tokens), got {target_k}")
@@ -66,6 +83,12 @@ class BudgetController(L.Callback):
             raise ValueError(
                 f"need kp >= 0, lam_max > 0 (or None) and 0 <= smoothing < 1, got {kp}, {lam_max}, {smoothing}"
             )
+        if actuator not in ACTUATORS:
+            raise ValueError(f"actuator must be one of {ACTUATORS}, got {actuator!r}")
+        if eta_offset <= 0:
+            raise ValueError(f"eta_offset must be > 0 (logit units per token of error), got {eta_offset}")
+        self.actuator, self.eta_offset = actuator, eta_offset
+        self.stop_offset = 0.0  # delta on the STOP logit (actuator "stop_offset"; stays 0 with "lambda")
         self.target_k, self.eta, self.mu, self.warmup_steps = target_k, eta, mu, warmup_steps
         self.kp, self.lam_max, self.smoothing = kp, lam_max, smoothing
         self.lam = float(lam_init)
@@ -85,7 +108,9 @@ class BudgetController(L.Callback):
 
     @property
     def lam_effective(self) -> float:
-        """The multiplier the penalty uses: λ plus the proportional term kp · ĉ."""
+        """The multiplier the penalty uses: λ plus the proportional term kp · ĉ (λ alone with the offset actuator)."""
+        if self.actuator == "stop_offset":
+            return self.lam
         return self.lam + self.kp * (self.c_ema or 0.0)
 
     def penalty(self, expected_k_mean: Any, num_tokens: int, t_max: int, step: int) -> tuple[Any, Any]:
@@ -98,6 +123,9 @@ class BudgetController(L.Callback):
         if self.active:
             c = (k_mean - self.target_tokens(step, t_max)) / num_tokens
             self.c_ema = c if self.c_ema is None else self.smoothing * self.c_ema + (1 - self.smoothing) * c
+            if self.actuator == "stop_offset":  # the integral acts on the STOP offset; λ keeps lam_init
+                self.stop_offset += self.eta_offset * c * num_tokens
+                return self.lam
             self.lam += self.eta * c
             if self.lam_max is not None:
                 self.lam = min(max(self.lam, -self.lam_max), self.lam_max)
@@ -120,6 +148,13 @@ class BudgetController(L.Callback):
                 "the checkpoint and the callback state disagree"
             )
         module.budget_controller = self if self.active else None
+        self._apply_offset(module)
+
+    def _apply_offset(self, module: L.LightningModule) -> None:
+        """The STOP offset into the selector the module trains and validates (a resume restores it here)."""
+        selector = getattr(module, "selector", None)
+        if self.active and self.actuator == "stop_offset" and selector is not None:
+            selector.set_stop_offset(self.stop_offset)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         stats = getattr(module, "last_k_stats", None)  # (mean hard K over all ranks, N, T_max, the step it used)
@@ -128,8 +163,10 @@ class BudgetController(L.Callback):
         k_mean, num_tokens, t_max, step = stats
         self.update(k_mean, num_tokens, t_max, step)
         self.steps = trainer.global_step
+        self._apply_offset(module)
         module.log_dict(
             {
+                "budget/stop_offset": self.stop_offset,
                 "budget/lam": self.lam,
                 "budget/lam_effective": self.lam_effective,
                 "budget/target_k": self.target_tokens(step, t_max),
@@ -138,7 +175,14 @@ class BudgetController(L.Callback):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lam": self.lam, "steps": self.steps, "target_k": self.target_k, "c_ema": self.c_ema}
+        return {
+            "lam": self.lam,
+            "steps": self.steps,
+            "target_k": self.target_k,
+            "c_ema": self.c_ema,
+            "actuator": self.actuator,
+            "stop_offset": self.stop_offset,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "lam" not in state_dict:
@@ -151,5 +195,12 @@ class BudgetController(L.Callback):
                 f"this checkpoint was trained towards target_k {state_dict.get('target_k')}, not {self.target_k}: "
                 "resume with the same --budget.target_k, or start a new run"
             )
+        saved_actuator = state_dict.get("actuator", "lambda")  # checkpoints before the offset actuator: λ
+        if saved_actuator != self.actuator:
+            raise ValueError(
+                f"this checkpoint was trained with the {saved_actuator!r} actuator, not {self.actuator!r}: resume "
+                "with the same --budget.actuator, or start a new run"
+            )
         self.lam, self.steps = float(state_dict["lam"]), int(state_dict["steps"])
+        self.stop_offset = float(state_dict.get("stop_offset", 0.0))
         self.c_ema = state_dict.get("c_ema")  # absent in checkpoints from before the proportional term: None

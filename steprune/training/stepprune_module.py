@@ -11,7 +11,9 @@ Training, by `surrogate`:
 Loss: next-token CE on the answer tokens, + `kd` · KL(full-token model ‖ pruned) on the same tokens (the
 teacher is the same frozen MLLM with every visual token, no grad), + the length term: λ·E[K]/N with a fixed λ,
 or with a `BudgetController` target the augmented Lagrangian λ·c + μ/2·c² of c = mean E[K]/N − ρ*, λ by dual
-ascent. E[K] = Σ_t A_t. Under DDP the batch's hard K is averaged over ranks before it updates k̄ or λ, so every
+ascent (or, with the controller's STOP-offset actuator, a fixed λ while the offset on the STOP logit, applied in
+training as at inference, holds K; `steprune.training.budget`). E[K] = Σ_t A_t. Optional: `teacher` + `imitate`,
+an on-policy imitation term towards a training-free method's tokens (`steprune.training.teacher`). Under DDP the batch's hard K is averaged over ranks before it updates k̄ or λ, so every
 rank holds the same state. Validation runs the hard selection exactly as inference does (`steprune` pruner
 through `PrunedVLM.generate`) and reports accuracy, K and retention.
 
@@ -43,6 +45,7 @@ from steprune.pruners.stepprune import StepPrunePruner
 from steprune.selector.scores import Aggregation
 from steprune.selector.selector import StepPruneSelector
 from steprune.training.rng_state import RNGCheckpoint
+from steprune.training.teacher import imitation_loss, teacher_set, teacher_vlm
 
 BACKBONE_PREFIX = "vlm."
 VALIDATION_METRICS = ("val/acc", "val/k_mean", "val/k_min", "val/k_max", "val/unpruned_acc", "val/retention")
@@ -87,6 +90,8 @@ class StepPruneModule(L.LightningModule):
         min_k: int = 1,
         explore: bool = False,
         bias_eps: float = 1e-6,
+        teacher: str | None = None,
+        imitate: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -119,6 +124,12 @@ class StepPruneModule(L.LightningModule):
         )
         if kd < 0:
             raise ValueError(f"kd (the distillation weight) must be >= 0, got {kd}")
+        if imitate < 0 or (imitate > 0) != (teacher is not None):
+            raise ValueError(
+                f"imitate (got {imitate}) must be >= 0, and > 0 exactly when a teacher is named (got {teacher!r}): "
+                "e.g. --model.teacher mmtok --model.imitate 1.0"
+            )
+        self.teacher = teacher_vlm(self.vlm, self.processor, teacher) if teacher is not None else None
         if surrogate == "removal":  # no noise, no denoiser on this path: it stays in the file, untrained
             self.selector.denoiser.requires_grad_(False)
         self.alpha = 0.0  # the text gate, annealed by TextGateSchedule
@@ -257,6 +268,7 @@ class StepPruneModule(L.LightningModule):
             k_bar=None if removal else k_bar,
             generator=self._explore_rng() if removal else None,
             explore=removal and self.hparams.explore,
+            stop_offset=self.selector.stop_offset,  # 0 unless the budget controller's STOP-offset actuator sets it
         )
         lm = self._lm_removal(batch, out) if removal else self._lm_paper(batch, out)
         n = vision.vision_features.shape[1]
@@ -275,6 +287,14 @@ class StepPruneModule(L.LightningModule):
             kl = self._distillation(batch, lm.logits, vision)
             loss = loss + self.hparams.kd * kl
             logs["train/kd"] = kl
+        if self.teacher is not None:  # the teacher's tokens at the (warmed) target, imitated on-policy
+            budget = t_max if controller is None else controller.target_tokens(self.global_step, t_max)
+            picked = teacher_set(
+                self.teacher, batch["input_ids"], batch["attention_mask"], prompt, vision, max(round(budget), 1)
+            )
+            imitation = imitation_loss(out["pi"], out["step_valid"], out["actions"], picked)
+            loss = loss + self.hparams.imitate * imitation
+            logs["train/imitation"] = imitation
         hard_k = self._rank_mean(out["k"].float().mean().detach())
         self.last_k_stats = (float(hard_k), n, t_max, self.global_step)
         with torch.no_grad():

@@ -87,9 +87,40 @@ def test_damping_stops_the_swing_of_a_lagged_plant():
     assert overshoot(damped) < 0.5 * overshoot(plain) and settled(damped) < 0.1 * 16
 
 
+def test_the_offset_actuator_integrates_on_the_stop_offset_and_keeps_lambda():
+    control = BudgetController(target_k=16, warmup_steps=0, actuator="stop_offset", eta_offset=0.05, lam_init=0.2)
+    control.update(k_mean=26.0, num_tokens=144, t_max=32, step=0)  # 10 tokens above: stop earlier
+    assert control.stop_offset == pytest.approx(0.5) and control.lam == 0.2 == control.lam_effective
+    control.update(k_mean=6.0, num_tokens=144, t_max=32, step=1)  # 10 below: back
+    assert control.stop_offset == pytest.approx(0.0, abs=1e-12)
+    plain = BudgetController(target_k=16, warmup_steps=0)
+    plain.update(k_mean=30.0, num_tokens=144, t_max=32, step=0)
+    assert plain.stop_offset == 0.0 and plain.lam > 0, "the lambda actuator never moves the offset"
+
+
+def test_the_offset_actuator_holds_a_drifting_plant():
+    """A toy plant for what the world runs showed: the LM loss keeps pushing the STOP head towards more tokens (K's
+    own level drifts up by 30 tokens over the run) and K answers the offset at once, about 4 tokens per unit (the
+    calibration of reports/stepprune_controller_kp.md). λ acting through the weights cannot be modelled this way; the
+    offset holds the mean K of every 50-step window within 10 % of K* after the warm-up, with batch noise of σ 3
+    tokens (which the integral passes on to single steps: their K still jitters by about a token)."""
+    control = BudgetController(target_k=16, warmup_steps=100, actuator="stop_offset")
+    noise = torch.Generator().manual_seed(0)
+    history = []
+    for step in range(1000):
+        level = 20.0 + 30.0 * step / 1000  # where K would sit at offset 0
+        k = min(max(level - 4.0 * control.stop_offset + 3 * float(torch.randn(1, generator=noise)), 1.0), 64.0)
+        control.update(k_mean=k, num_tokens=144, t_max=64, step=step)
+        history.append(level - 4.0 * control.stop_offset)  # the K this offset gives, noise aside
+    windows = [sum(history[i : i + 50]) / 50 for i in range(200, 1000, 50)]
+    assert max(abs(k - 16) for k in windows) < 0.1 * 16, windows
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
+        {"actuator": "delta"},
+        {"eta_offset": 0},
         {"target_k": 0},
         {"target_k": 8, "eta": 0},
         {"mu": -1},
@@ -112,6 +143,15 @@ def test_state_round_trip_a_different_target_and_the_old_controller_state_are_re
     assert restored.lam == control.lam
     with pytest.raises(ValueError, match="target_k 16"):
         BudgetController(target_k=32).load_state_dict(control.state_dict())
+    offset = BudgetController(target_k=16, actuator="stop_offset")
+    offset.update(k_mean=30.0, num_tokens=144, t_max=32, step=3)
+    restored = BudgetController(target_k=16, actuator="stop_offset")
+    restored.load_state_dict(offset.state_dict())
+    assert restored.stop_offset == offset.stop_offset != 0.0
+    with pytest.raises(ValueError, match="'stop_offset' actuator"):
+        BudgetController(target_k=16).load_state_dict(offset.state_dict())
+    with pytest.raises(ValueError, match="'lambda' actuator"):  # a checkpoint from before the actuator is λ's
+        BudgetController(target_k=16, actuator="stop_offset").load_state_dict({"lam": 0.1, "steps": 1, "target_k": 16})
     with pytest.raises(ValueError, match="PI budget controller"):
         BudgetController(target_k=16).load_state_dict({"integral": 1.0, "multiplier": 1.0, "steps": 2, "target_k": 16})
 
@@ -122,7 +162,8 @@ def test_target_above_t_max_is_refused(backbone, tmp_path):  # noqa: F811
         cpu_trainer(1, [BudgetController(target_k=9)], tmp_path).fit(StepPruneModule(backbone, t_max=8), train, val)
 
 
-def test_a_micro_run_reaches_its_target_and_resume_continues_lambda_exactly(backbone, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("actuator", ["lambda", "stop_offset"])
+def test_a_micro_run_reaches_its_target_and_resume_continues_lambda_exactly(backbone, tmp_path, actuator):  # noqa: F811
     """The controller drives a micro run's mean K to K* within 10 % (removal surrogate: the paper's surrogate sat at
     the floor or below K* in this micro world, see budget.py), and a run resumed from a checkpoint ends with the same
     λ, the same warm-up position and the same selector as the run that never stopped (the removal path draws no
@@ -133,7 +174,7 @@ def test_a_micro_run_reaches_its_target_and_resume_continues_lambda_exactly(back
 
     def run(stop_at: int | None = None, ckpt=None) -> tuple[StepPruneModule, BudgetController, list[float]]:
         torch.manual_seed(0)
-        control = BudgetController(target_k=target, warmup_steps=10)  # the default η and μ
+        control = BudgetController(target_k=target, warmup_steps=10, actuator=actuator)  # the default η, μ, η_δ
         module = StepPruneModule(backbone, t_max=8, lr=3e-3, warmup_steps=1, surrogate=surrogate)
         ks: list[float] = []
 
@@ -155,5 +196,9 @@ def test_a_micro_run_reaches_its_target_and_resume_continues_lambda_exactly(back
     resumed, resumed_control, _ = run(ckpt=tmp_path / f"{surrogate}-{steps // 2}.ckpt")
     assert resumed_control.steps == control.steps == steps
     assert resumed_control.lam == pytest.approx(control.lam, rel=1e-6, abs=1e-9)
+    assert resumed_control.stop_offset == pytest.approx(control.stop_offset, rel=1e-6, abs=1e-9)
+    assert resumed.selector.stop_offset == resumed_control.stop_offset == module.selector.stop_offset
+    if actuator == "stop_offset":
+        assert control.stop_offset != 0.0 and control.lam == 0.0
     for (name, a), b in zip(module.selector.state_dict().items(), resumed.selector.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
