@@ -13,9 +13,11 @@ teacher is the same frozen MLLM with every visual token, no grad), + the length 
 or with a `BudgetController` target the augmented Lagrangian λ·c + μ/2·c² of c = mean E[K]/N − ρ*, λ by dual
 ascent (or, with the controller's STOP-offset actuator, a fixed λ while the offset on the STOP logit, applied in
 training as at inference, holds K; `steprune.training.budget`). E[K] = Σ_t A_t. Optional: `teacher` + `imitate`,
-an on-policy imitation term towards a training-free method's tokens (`steprune.training.teacher`). Under DDP the batch's hard K is averaged over ranks before it updates k̄ or λ, so every
-rank holds the same state. Validation runs the hard selection exactly as inference does (`steprune` pruner
-through `PrunedVLM.generate`) and reports accuracy, K and retention.
+an on-policy imitation term towards a training-free method's tokens (`steprune.training.teacher`); and
+`policy_gradient` (with `explore`), REINFORCE on whole sets with the greedy set as baseline
+(`steprune.training.policy_gradient`). Under DDP the batch's hard K is averaged over ranks before it updates k̄
+or λ, so every rank holds the same state. Validation runs the hard selection exactly as inference does (`steprune`
+pruner through `PrunedVLM.generate`) and reports accuracy, K and retention.
 
 Only selector parameters train; the frozen MLLM is never written to a checkpoint (it is re-loaded from
 `backbone`), so a checkpoint holds the selector, the k̄ running average, the optimiser state and the
@@ -44,6 +46,7 @@ from steprune.pruned_vlm import PrunedVLM
 from steprune.pruners.stepprune import StepPrunePruner
 from steprune.selector.scores import Aggregation
 from steprune.selector.selector import StepPruneSelector
+from steprune.training.policy_gradient import answer_cost, reinforce_loss, trajectory_log_prob
 from steprune.training.rng_state import RNGCheckpoint
 from steprune.training.teacher import imitation_loss, teacher_set, teacher_vlm
 
@@ -92,6 +95,7 @@ class StepPruneModule(L.LightningModule):
         bias_eps: float = 1e-6,
         teacher: str | None = None,
         imitate: float = 0.0,
+        policy_gradient: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -128,6 +132,11 @@ class StepPruneModule(L.LightningModule):
             raise ValueError(
                 f"imitate (got {imitate}) must be >= 0, and > 0 exactly when a teacher is named (got {teacher!r}): "
                 "e.g. --model.teacher mmtok --model.imitate 1.0"
+            )
+        if policy_gradient < 0 or (policy_gradient > 0 and not (explore and surrogate == "removal")):
+            raise ValueError(
+                f"policy_gradient (got {policy_gradient}) must be >= 0 and needs sampled trajectories: "
+                "--model.surrogate removal --model.explore true --model.policy_gradient 1.0"
             )
         self.teacher = teacher_vlm(self.vlm, self.processor, teacher) if teacher is not None else None
         if surrogate == "removal":  # no noise, no denoiser on this path: it stays in the file, untrained
@@ -231,21 +240,74 @@ class StepPruneModule(L.LightningModule):
             self.vlm, embeds, mask, slots, out["keep"], positions, labels=batch["labels"], eps=self.hparams.bias_eps
         )
 
-    def _distillation(self, batch: dict[str, Tensor], student_logits: Tensor, vision: Any) -> Tensor:
-        """KL(p_full ‖ p_pruned) on the answer tokens; the teacher is the frozen MLLM with every visual token."""
-        targets = batch["labels"][:, 1:]  # (B, S-1): token t+1 is predicted at position t
-        answer = targets != -100
+    def _full_logprobs(self, batch: dict[str, Tensor], vision: Any) -> Tensor:
+        """(B, S-1, V) log-softmax of the frozen MLLM with every visual token (the distillation teacher), no grad."""
         with torch.no_grad():
             tokens = self.adapter.project(vision.vision_features)
             embeds = self.adapter.full_length_embeds(batch["input_ids"], tokens)
             extras = {k: v for k, v in batch.items() if k in ("image_grid_thw", "mm_token_type_ids")}
             positions = self.adapter.full_positions(batch["input_ids"], batch["attention_mask"], **extras)
-            teacher = self.vlm(
+            logits = self.vlm(
                 inputs_embeds=embeds, attention_mask=batch["attention_mask"], position_ids=positions, use_cache=False
-            ).logits[:, :-1][answer]  # (A, V)
+            ).logits[:, :-1]
+            return logits.float().log_softmax(-1)
+
+    def _distillation(self, batch: dict[str, Tensor], student_logits: Tensor, full: Tensor) -> Tensor:
+        """KL(p_full ‖ p_pruned) on the answer tokens; `full` is `_full_logprobs` of the same batch."""
+        answer = batch["labels"][:, 1:] != -100  # (B, S-1): token t+1 is predicted at position t
         student = student_logits[:, :-1][answer].float().log_softmax(-1)  # (A, V)
-        teacher = teacher.float().log_softmax(-1)
+        teacher = full[answer]  # (A, V)
         return (teacher.exp() * (teacher - student)).sum(-1).mean()
+
+    def _pointer_pass(
+        self,
+        vision: Any,
+        text: Tensor,
+        text_mask: Tensor,
+        k_bar: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        explore: bool = False,
+    ) -> dict[str, Tensor]:
+        """The selector's training forward at the current schedules; the STOP offset is 0 unless the budget
+        controller's STOP-offset actuator sets it."""
+        return self.selector.forward_train(
+            vision.vision_features,
+            text,
+            text_mask,
+            alpha=self.alpha,
+            tau=self.tau,
+            gamma=self.hparams.gamma,
+            beta=self.hparams.beta,
+            k_bar=k_bar,
+            generator=generator,
+            explore=explore,
+            stop_offset=self.selector.stop_offset,
+        )
+
+    def _policy_gradient(
+        self,
+        batch: dict[str, Tensor],
+        vision: Any,
+        text: Tensor,
+        text_mask: Tensor,
+        sampled: dict[str, Tensor],
+        sampled_logits: Tensor,
+        full: Tensor | None,
+        lam: float | Tensor,
+        n: int,
+    ) -> tuple[Tensor, Tensor]:
+        """REINFORCE on the sampled sets, the greedy set of the same input (what inference keeps) as baseline; the
+        cost is CE + kd * KL + lam * K / N per sample. Returns (the term, the mean advantage)."""
+        kd = float(self.hparams.kd)
+        with torch.no_grad():
+            greedy = self._pointer_pass(vision, text, text_mask)
+            greedy_logits = self._lm_removal(batch, greedy).logits
+            lam = float(lam)
+            cost_greedy = answer_cost(greedy_logits, batch["labels"], full, kd) + lam * greedy["k"].float() / n
+            cost_sampled = answer_cost(sampled_logits, batch["labels"], full, kd) + lam * sampled["k"].float() / n
+            advantage = cost_sampled - cost_greedy  # (B,)
+        log_prob = trajectory_log_prob(sampled["pi"], sampled["step_valid"], sampled["actions"])  # (B,)
+        return reinforce_loss(log_prob, advantage), advantage.mean()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         vision_inputs = {k: v for k, v in batch.items() if k in ("pixel_values", "image_grid_thw")}
@@ -257,18 +319,13 @@ class StepPruneModule(L.LightningModule):
         # k̄ for SoftTopK (paper surrogate): the running mean of the hard K, floored so that a selector that stops
         # early still lets a few tokens through the gate (else no gradient can tell which tokens matter)
         k_bar = None if float(self.k_bar) < 0 else self.k_bar.clamp(min=self.hparams.min_k_bar)
-        out = self.selector.forward_train(
-            vision.vision_features,
+        out = self._pointer_pass(
+            vision,
             text,
             text_mask,
-            alpha=self.alpha,
-            tau=self.tau,
-            gamma=self.hparams.gamma,
-            beta=self.hparams.beta,
             k_bar=None if removal else k_bar,
             generator=self._explore_rng() if removal else None,
             explore=removal and self.hparams.explore,
-            stop_offset=self.selector.stop_offset,  # 0 unless the budget controller's STOP-offset actuator sets it
         )
         lm = self._lm_removal(batch, out) if removal else self._lm_paper(batch, out)
         n = vision.vision_features.shape[1]
@@ -283,10 +340,16 @@ class StepPruneModule(L.LightningModule):
             len_penalty = lam * expected_k / n
         loss = lm.loss + len_penalty
         logs: dict[str, Any] = {}
-        if self.hparams.kd > 0:
-            kl = self._distillation(batch, lm.logits, vision)
+        full = self._full_logprobs(batch, vision) if self.hparams.kd > 0 else None  # (B, S-1, V), no grad
+        if full is not None:
+            kl = self._distillation(batch, lm.logits, full)
             loss = loss + self.hparams.kd * kl
             logs["train/kd"] = kl
+        if self.hparams.policy_gradient > 0:
+            pg, advantage = self._policy_gradient(batch, vision, text, text_mask, out, lm.logits, full, lam, n)
+            loss = loss + self.hparams.policy_gradient * pg
+            logs["train/policy_gradient"] = pg
+            logs["train/advantage"] = advantage
         if self.teacher is not None:  # the teacher's tokens at the (warmed) target, imitated on-policy
             budget = t_max if controller is None else controller.target_tokens(self.global_step, t_max)
             picked = teacher_set(

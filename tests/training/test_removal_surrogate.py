@@ -39,10 +39,10 @@ def test_distillation_is_zero_when_every_token_is_kept_and_positive_when_some_ar
         vision.vision_features, *module.adapter.prompt_embeddings(batch["input_ids"], batch["attention_mask"])
     )
     assert out["k"].tolist() == [16] * 4
-    kl_all = module._distillation(batch, module._lm_removal(batch, out).logits, vision)
+    kl_all = module._distillation(batch, module._lm_removal(batch, out).logits, module._full_logprobs(batch, vision))
     assert float(kl_all) == pytest.approx(0.0, abs=1e-5)
     out["keep"] = out["keep"] * 0  # drop every visual token
-    kl_none = module._distillation(batch, module._lm_removal(batch, out).logits, vision)
+    kl_none = module._distillation(batch, module._lm_removal(batch, out).logits, module._full_logprobs(batch, vision))
     assert float(kl_none) > 1e-4
 
 
