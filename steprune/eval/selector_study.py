@@ -16,7 +16,8 @@ compared at its comparison budget (its mean K rounded, `steprune.eval.world_comp
   (the report's `--match flops` rows give the in-LLM methods budgets between the token counts).
 Both differences carry 95 % paired-bootstrap intervals in retention points (`--figure`: every method's retention
 against prefill FLOPs with the selectors as stars, one line per surrogate). Selectors are grouped by
-(surrogate, calibrated target K) and each group gets mean ± std over its seeds. Per selector: K range,
+(surrogate, calibrated target K) — a selector with the coverage prior is its own surrogate, "removal+coverage" —
+and each group gets mean ± std over its seeds. Per selector: K range,
 max/min, Spearman rho(K, objects), and accuracy per K bucket (`steprune.eval.k_buckets`). Writes
 OUT.json and OUT.md.
 """
@@ -49,6 +50,13 @@ def parse_selector(spec: str) -> tuple[str, str]:
     return name, path
 
 
+def surrogate_label(config: dict[str, Any]) -> str:
+    """The surrogate a selector trained with, "+coverage" when its pointer reads the coverage prior (its own group
+    and line: `steprune.selector.coverage_prior`)."""
+    surrogate = config.get("surrogate", "paper")
+    return f"{surrogate}+coverage" if config.get("prior", "none") == "coverage" else surrogate
+
+
 def selector_facts(path: str) -> dict[str, Any]:
     """Surrogate, floor, T_max and calibration of an exported selector."""
     from steprune.selector.selector import StepPruneSelector
@@ -56,7 +64,7 @@ def selector_facts(path: str) -> dict[str, Any]:
     selector = StepPruneSelector.load(path)
     calibration = selector.calibration or {}
     return {
-        "surrogate": selector.config.get("surrogate", "paper"),
+        "surrogate": surrogate_label(selector.config),
         "min_k": selector.config.get("min_k"),
         "t_max": selector.config.get("t_max"),
         "stop_offset": selector.config.get("stop_offset", 0.0),

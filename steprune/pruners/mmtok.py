@@ -76,6 +76,14 @@ def coverage_matrix_t(*args, **kwargs) -> Tensor:
     return torch.cat([part.transpose(1, 2) for part in coverage_parts(*args, **kwargs)], dim=2)
 
 
+def default_coverage_t(
+    image_tokens: Tensor, vision_features: Tensor, text_embeds: Tensor | None, text_mask: Tensor | None
+) -> Tensor:
+    """`coverage_matrix_t` at MMTok's defaults (alpha 0.5, tau_tv 0.02, tau_vv 0.2): (B, N, R). What StepPrune's
+    coverage prior reads (`steprune.selector.coverage_prior`), in training and at inference alike."""
+    return coverage_matrix_t(image_tokens, vision_features, text_embeds, text_mask, 0.5, 0.02, 0.2)
+
+
 def dense_greedy_max_coverage(cover: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The original greedy on cover (B, R, N): every gain recomputed at every step. Two (B, R, N) temporaries per
     step and K full passes over C; kept as the reference the lazy greedy is tested and benchmarked against."""

@@ -15,6 +15,8 @@ Choices where the specification is open:
   until that many tokens are chosen, so no image question is answered from no image. The selector's
   calibrated STOP offset (`steprune.training.calibration`, saved in its file) is applied.
 * `ctx.text_free` passes an empty prompt (L = 0), so the encoder sees the image alone.
+* A selector trained with the coverage prior (`prior="coverage"`) gets MMTok's coverage matrix of the context
+  (`steprune.pruners.mmtok.default_coverage_t`; vision-vision only when text-free).
 * `selection_flops` is analytic and per sample: each sample's real prompt length and its own number of
   pointer steps (K + 1 with the STOP step, or T_max), summed over the batch; the batched loop's
   padded steps are not counted.
@@ -42,6 +44,7 @@ import torch
 
 from steprune.backbones.fingerprint import BackboneMismatchError, model_fingerprint
 from steprune.pruners.contract import PrePrunerBase, PruneContext, PruneResult
+from steprune.pruners.mmtok import default_coverage_t
 from steprune.pruners.registry import PRUNERS
 from steprune.selector.selector import StepPruneSelector
 
@@ -192,7 +195,11 @@ class StepPrunePruner(PrePrunerBase):
         param = next(selector.parameters())  # the selector keeps its own dtype; inputs follow it
         vision = ctx.vision_features.to(param.device, param.dtype)
         text, text_mask = text.to(param.device, param.dtype), text_mask.to(param.device)
-        selection = selector.select(vision, text, text_mask, tau=self.tau, t_max=t_max, min_k=self.min_k)
+        cover = None
+        if selector.prior == "coverage":  # MMTok's coverage matrix, the prior's input (B, N, R)
+            prompt = (None, None) if ctx.text_free else (ctx.text_embeds, ctx.text_mask)
+            cover = default_coverage_t(ctx.image_tokens, ctx.vision_features, *prompt).to(param.device, param.dtype)
+        selection = selector.select(vision, text, text_mask, tau=self.tau, t_max=t_max, min_k=self.min_k, cover=cover)
         counts = torch.zeros(b, n, dtype=torch.long, device=param.device)
         chosen = counts.scatter_add_(1, selection.keep, selection.keep_mask.long()) > 0  # (B, N)
         lengths = selection.lengths.tolist()

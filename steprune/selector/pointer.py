@@ -29,6 +29,10 @@ Choices where the specification is open:
 * `explore=True` (training, removal surrogate) samples each action from pi_t instead of taking the argmax.
 * No step (position) embedding in the decoder: conditioning comes from the causal attention over the
   chosen embeddings themselves.
+* `coverage_prior=True` (beyond the paper, `steprune.selector.coverage_prior`): the forward takes MMTok's
+  coverage matrix `cover` (B, N, R) and adds, at every step, the learned multiple of the log marginal coverage
+  gain to the visual logits and a coverage-saturation term to STOP; the gains follow the tokens fed back. W_q then
+  starts at zero (a zero-initialised residual: the untrained loop is the prior's policy, training adds to it).
 * q_0 and s are initialised with unit-variance entries, the scale of the LayerNormed memory H.
 """
 
@@ -41,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from steprune.selector.coverage_prior import CoveragePrior
 from steprune.selector.encoder import MLP
 
 
@@ -126,7 +131,14 @@ class DecoderLayer(nn.Module):
 class PointerDecoder(nn.Module):
     """Learned START q_0 and STOP s, `num_layers` decoder layers, and the single-head pointer projection."""
 
-    def __init__(self, d_model: int, num_layers: int = 2, num_heads: int = 8, mlp_ratio: float = 4.0) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        num_layers: int = 2,
+        num_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        coverage_prior: bool = False,
+    ) -> None:
         super().__init__()
         self.d_model = d_model
         self.start = nn.Parameter(torch.randn(d_model))  # q_0
@@ -139,6 +151,9 @@ class PointerDecoder(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.pointer_q = nn.Linear(d_model, d_model, bias=False)  # W_p, query side
         self.pointer_k = nn.Linear(d_model, d_model, bias=False)  # W_p, key side
+        self.prior = CoveragePrior() if coverage_prior else None
+        if coverage_prior:  # the pointer's own logits start flat: untrained, the loop is the prior's policy (MMTok's
+            nn.init.zeros_(self.pointer_q.weight)  # greedy, coverage-saturation STOP); training learns the correction
 
     def memory(self, h: Tensor) -> Tensor:
         """M = [H ; s]: (B, N+1, D)."""
@@ -154,9 +169,19 @@ class PointerDecoder(nn.Module):
         stop_offset: float = 0.0,
         explore: bool = False,
         generator: torch.Generator | None = None,
+        cover: Tensor | None = None,
     ) -> PointerOutput:
         b, n, d = h.shape  # (B, N, D)
         check_loop_args(n, t_max, tau, min_k)
+        if (cover is None) != (self.prior is None):
+            raise ValueError(
+                "a decoder with the coverage prior needs `cover` (MMTok's coverage matrix, B x N x R), and one "
+                f"without it takes none (prior: {self.prior is not None}, cover given: {cover is not None})"
+            )
+        if cover is not None:
+            CoveragePrior.check(cover, h)
+            cover = cover.to(h.dtype)
+            covered, first_max = cover.new_zeros(b, cover.shape[2]), None  # (B, R): coverage of the chosen tokens
         memory = self.memory(h)  # (B, N+1, D)
         memory_kv = [layer.memory_kv(memory) for layer in self.layers]
         pointer_keys = self.pointer_k(memory)  # (B, N+1, D)
@@ -172,6 +197,9 @@ class PointerDecoder(nn.Module):
             query = self.pointer_q(self.norm(x))  # (B, D)
             u = torch.einsum("bd,bmd->bm", query, pointer_keys) / math.sqrt(d)  # (B, N+1)
             logits = u + log_mask  # (B, N+1)
+            if cover is not None:
+                prior, first_max = self.prior.logits(cover, covered, first_max)
+                logits = logits + prior
             if stop_offset or step < min_k:  # untouched otherwise: the specified loop, bit for bit
                 stop = u.new_full((b, 1), float("-inf") if step < min_k else float(stop_offset))
                 logits = logits + F.pad(stop, (n, 0))  # before step min_k a running sample has < min_k picks
@@ -188,6 +216,8 @@ class PointerDecoder(nn.Module):
             y = onehot + pi - pi.detach()  # straight-through: forward hard, backward through pi
             e = torch.einsum("bm,bmd->bd", y, memory)  # (B, D)
             log_mask = log_mask.masked_fill(onehot.bool() & (fed < n)[:, None], float("-inf"))
+            if cover is not None:
+                covered = CoveragePrior.update(cover, covered, fed)  # STOP (index N) adds nothing
             actions.append(action)
             pis.append(pi)
             valids.append(~done)

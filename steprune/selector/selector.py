@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from steprune.atomic_file import atomic_write
 from steprune.selector import checkpoint
 from steprune.selector.checkpoint import FORMAT
+from steprune.selector.coverage_prior import PRIORS, Prior
 from steprune.selector.denoiser import LocalDenoiser
 from steprune.selector.encoder import CrossModalEncoder
 from steprune.selector.fast_pointer import FastPointerLoop
@@ -119,8 +120,11 @@ class StepPruneSelector(
         surrogate: Surrogate = "paper",
         min_k: int = 1,
         stop_offset: float = 0.0,
+        prior: Prior = "none",
     ) -> None:
         super().__init__()
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
         if surrogate not in SURROGATES:
             raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
         if isinstance(min_k, bool) or not isinstance(min_k, int) or min_k < 0:
@@ -155,7 +159,9 @@ class StepPruneSelector(
             "surrogate": surrogate,
             "min_k": min_k,
             "stop_offset": float(stop_offset),
+            "prior": prior,
         }
+        self.prior: Prior = prior
         self.t_max = t_max
         self.surrogate: Surrogate = surrogate
         self.min_k = min_k
@@ -167,7 +173,9 @@ class StepPruneSelector(
         self.polarisation_iters = polarisation_iters
         self.horizon: Horizon = horizon
         self.encoder = CrossModalEncoder(d_vision, d_text, d_model, encoder_layers, encoder_heads, mlp_ratio, causal)
-        self.decoder = PointerDecoder(self.encoder.d_model, decoder_layers, decoder_heads, mlp_ratio)
+        self.decoder = PointerDecoder(
+            self.encoder.d_model, decoder_layers, decoder_heads, mlp_ratio, coverage_prior=prior == "coverage"
+        )
         self.denoiser = LocalDenoiser(d_vision, denoiser_heads, mlp_ratio, denoiser_layer_scale)
 
     # ------------------------------------------------------------------------------------------------
@@ -184,10 +192,12 @@ class StepPruneSelector(
         explore: bool = False,
         generator: torch.Generator | None = None,
         min_k: int | None = None,
+        cover: Tensor | None = None,
     ) -> PointerOutput:
-        """Encoder + pointer loop: the hard trajectory and its distributions."""
+        """Encoder + pointer loop: the hard trajectory and its distributions. `cover` (B, N, R): MMTok's coverage
+        matrix, which a selector with `prior="coverage"` needs (`steprune.selector.coverage_prior`)."""
         h = self.encoder(vision, text, text_mask, alpha)  # (B, N, D)
-        return self.decode(h, tau, t_max, continue_after_stop, stop_offset, explore, generator, min_k)
+        return self.decode(h, tau, t_max, continue_after_stop, stop_offset, explore, generator, min_k, cover)
 
     def steps_for(self, num_tokens: int, t_max: int | None = None) -> int:
         """T_max for a call: the argument, else the selector's own, else N."""
@@ -203,12 +213,13 @@ class StepPruneSelector(
         explore: bool = False,
         generator: torch.Generator | None = None,
         min_k: int | None = None,
+        cover: Tensor | None = None,
     ) -> PointerOutput:
         """The pointer loop on encoded tokens h (B, N, D), with the floor `min_k` (None: the selector's own),
         capped at T_max."""
         steps = self.steps_for(h.shape[1], t_max)
         min_k = min(self.min_k if min_k is None else min_k, steps)
-        return self.decoder(h, steps, tau, continue_after_stop, min_k, stop_offset, explore, generator)
+        return self.decoder(h, steps, tau, continue_after_stop, min_k, stop_offset, explore, generator, cover)
 
     def forward_train(
         self,
@@ -224,6 +235,7 @@ class StepPruneSelector(
         t_max: int | None = None,
         explore: bool = False,
         stop_offset: float = 0.0,
+        cover: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The training surrogate (`self.surrogate`) for vision (B, N, D_v), text (B, L, D_llm), text_mask (B, L).
 
@@ -233,7 +245,7 @@ class StepPruneSelector(
         """
         if self.surrogate == "removal":
             return self._forward_removal(
-                vision, text, text_mask, alpha, tau, gamma, generator, t_max, explore, stop_offset
+                vision, text, text_mask, alpha, tau, gamma, generator, t_max, explore, stop_offset, cover
             )
         if explore:
             raise ValueError("explore samples the pointer's actions: it belongs to the removal surrogate only")
@@ -246,6 +258,7 @@ class StepPruneSelector(
             t_max,
             continue_after_stop=self.horizon == "t_max",
             stop_offset=stop_offset,
+            cover=cover,
         )
         scores = soft_scores(out.pi, out.step_valid, gamma, self.aggregation, out.horizon)  # (B, N)
         k = out.lengths.to(scores.dtype).mean() if k_bar is None else k_bar
@@ -280,11 +293,11 @@ class StepPruneSelector(
         t_max: int | None,
         explore: bool,
         stop_offset: float = 0.0,
+        cover: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """methods.md §1.8 items 1-2: the hard set with a straight-through gate; features unchanged."""
-        out = self.pointer(
-            vision, text, text_mask, alpha, tau, t_max, stop_offset=stop_offset, explore=explore, generator=generator
-        )
+        loop = {"stop_offset": stop_offset, "explore": explore, "generator": generator, "cover": cover}
+        out = self.pointer(vision, text, text_mask, alpha, tau, t_max, **loop)
         scores = soft_scores(out.pi, out.step_valid, gamma, self.aggregation, out.horizon)  # (B, N)
         b, n = scores.shape
         hard = torch.zeros(b, n, dtype=scores.dtype, device=scores.device)
@@ -316,17 +329,22 @@ class StepPruneSelector(
         t_max: int | None = None,
         min_k: int | None = None,
         stop_offset: float | None = None,
+        cover: Tensor | None = None,
     ) -> Selection:
         """Inference: the hard adaptive-K subset, sorted into spatial order (tau does not change the argmax).
 
         STOP is masked until `min_k` tokens are chosen; the calibrated `stop_offset` is added to STOP's logit
-        (None: the selector's own values).
+        (None: the selector's own values). `cover`: MMTok's coverage matrix (B, N, R) for `prior="coverage"`; that
+        prior runs the eager loop (`PointerDecoder.forward`), the fast loop knows no prior.
         """
         offset = self.stop_offset if stop_offset is None else stop_offset
         h = self.encoder(vision, text, text_mask, alpha)  # (B, N, D)
         steps = self.steps_for(h.shape[1], t_max)
         floor = min(self.min_k if min_k is None else min_k, steps)
-        picks = FastPointerLoop(self.decoder)(h, steps, tau, floor, offset)  # the eager loop's picks, bit for bit
+        if self.decoder.prior is not None or cover is not None:
+            picks = self.decoder(h, steps, tau, min_k=floor, stop_offset=offset, cover=cover)
+        else:
+            picks = FastPointerLoop(self.decoder)(h, steps, tau, floor, offset)  # the eager loop's picks, bit for bit
         return spatial_order(picks.chosen, picks.chosen_mask, vision.shape[1])
 
     def set_stop_offset(self, offset: float, calibration: dict | None = None) -> None:
@@ -339,7 +357,8 @@ class StepPruneSelector(
         """Analytic FLOPs of `select` for one sample (multiply-add = 2): encoder + `steps` decoder steps.
 
         Counts the matmuls (projections, attention scores and weighted sums, MLPs, pointer logits, the
-        feedback y @ M); norms, softmax and activations are ignored, as in `steprune.eval.flops`.
+        feedback y @ M; with the coverage prior its coverage matrix and per-step gains); norms, softmax and
+        activations are ignored, as in `steprune.eval.flops`.
         """
         c = self.config
         d_v, d_t = c["d_vision"], c["d_text"]
@@ -355,6 +374,10 @@ class StepPruneSelector(
         per_step_layer = 4 * d * d + 2 * d * d + 2 * mem * d + 2 * d * m  # self qkv+o, cross q+o, cross attn, MLP
         macs += layers * (steps * per_step_layer + 2 * past * d)
         macs += steps * (d * d + 2 * mem * d)  # W_q h_t, logits over M, feedback y_t @ M
+        if self.prior == "coverage":  # MMTok's coverage matrix (text-vision + vision-vision similarities) once,
+            rows = text_tokens + num_tokens  # then every step's gains over the (N, R) matrix, counted as N * R
+            d_llm = d_t
+            macs += text_tokens * num_tokens * d_llm + num_tokens * num_tokens * d_v + steps * num_tokens * rows
         return 2.0 * macs
 
     # ------------------------------------------------------------------------------------------------

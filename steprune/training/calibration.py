@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from steprune.pruners.mmtok import default_coverage_t
 from steprune.selector.selector import StepPruneSelector
 
-Encoded = list[tuple[Tensor, int]]  # per batch: encoder output h (B, N, D) and T_max
+Encoded = list[tuple[Tensor, int, Tensor | None]]  # per batch: encoder output h (B, N, D), T_max, coverage (B, N, R)
 
 
 @torch.no_grad()
@@ -36,17 +37,21 @@ def encode_split(module: Any, batches: Iterable[dict[str, Any]]) -> Encoded:
     for batch in batches:
         batch = {k: v.to(param.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         vision_inputs = {k: v for k, v in batch.items() if k in ("pixel_values", "image_grid_thw")}
-        vision = module.adapter.encode_images(**vision_inputs).vision_features
+        image = module.adapter.encode_images(**vision_inputs)
+        vision = image.vision_features
         text, text_mask = module.adapter.prompt_embeddings(batch["input_ids"], batch["attention_mask"])
         h = selector.encoder(vision.to(param.dtype), text.to(param.dtype), text_mask, 1.0)
-        encoded.append((h, selector.steps_for(vision.shape[1])))
+        cover = None
+        if selector.prior == "coverage":  # the coverage prior's input, as the pruner computes it
+            cover = default_coverage_t(image.image_tokens, vision, text, text_mask).to(param.dtype)
+        encoded.append((h, selector.steps_for(vision.shape[1]), cover))
     return encoded
 
 
 @torch.no_grad()
 def mean_k(selector: StepPruneSelector, encoded: Encoded, offset: float) -> float:
     """Mean greedy K over the encoded split with STOP offset `offset`."""
-    ks = [selector.decode(h, t_max=t_max, stop_offset=offset).lengths for h, t_max in encoded]
+    ks = [selector.decode(h, t_max=t_max, stop_offset=offset, cover=cover).lengths for h, t_max, cover in encoded]
     return float(torch.cat(ks).float().mean())
 
 
@@ -91,7 +96,7 @@ def calibrate_stop_offset(
         "stop_offset": float(offset),
         "uncalibrated_mean_k": mean_k(selector, encoded, 0.0),
         "split": split,
-        "samples": int(sum(h.shape[0] for h, _ in encoded)),
+        "samples": int(sum(h.shape[0] for h, *_ in encoded)),
         "reachable": bool(k_lo >= target_k >= k_hi),
     }
     selector.set_stop_offset(offset, record)

@@ -15,9 +15,10 @@ ascent (or, with the controller's STOP-offset actuator, a fixed λ while the off
 training as at inference, holds K; `steprune.training.budget`). E[K] = Σ_t A_t. Optional: `teacher` + `imitate`,
 an on-policy imitation term towards a training-free method's tokens (`steprune.training.teacher`); and
 `policy_gradient` (with `explore`), REINFORCE on whole sets with the greedy set as baseline
-(`steprune.training.policy_gradient`). Under DDP the batch's hard K is averaged over ranks before it updates k̄
-or λ, so every rank holds the same state. Validation runs the hard selection exactly as inference does (`steprune`
-pruner through `PrunedVLM.generate`) and reports accuracy, K and retention.
+(`steprune.training.policy_gradient`); and `prior: coverage`, MMTok's marginal coverage gains as an input to the
+pointer's logits (`steprune.selector.coverage_prior`). Under DDP the batch's hard K is averaged over ranks before it
+updates k̄ or λ, so every rank holds the same state. Validation runs the hard selection exactly as inference does
+(`steprune` pruner through `PrunedVLM.generate`) and reports accuracy, K and retention.
 
 Only selector parameters train; the frozen MLLM is never written to a checkpoint (it is re-loaded from
 `backbone`), so a checkpoint holds the selector, the k̄ running average, the optimiser state and the
@@ -43,6 +44,7 @@ from steprune.backbones.attention_bias import removal_forward
 from steprune.backbones.base import image_placeholder_mask
 from steprune.backbones.fingerprint import BackboneMismatchError, backbone_fingerprint
 from steprune.pruned_vlm import PrunedVLM
+from steprune.pruners.mmtok import default_coverage_t
 from steprune.pruners.stepprune import StepPrunePruner
 from steprune.selector.scores import Aggregation
 from steprune.selector.selector import StepPruneSelector
@@ -96,6 +98,7 @@ class StepPruneModule(L.LightningModule):
         teacher: str | None = None,
         imitate: float = 0.0,
         policy_gradient: float = 0.0,
+        prior: str = "none",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -125,6 +128,7 @@ class StepPruneModule(L.LightningModule):
             horizon=horizon,
             surrogate=surrogate,
             min_k=min_k,
+            prior=prior,
         )
         if kd < 0:
             raise ValueError(f"kd (the distillation weight) must be >= 0, got {kd}")
@@ -269,7 +273,11 @@ class StepPruneModule(L.LightningModule):
         explore: bool = False,
     ) -> dict[str, Tensor]:
         """The selector's training forward at the current schedules; the STOP offset is 0 unless the budget
-        controller's STOP-offset actuator sets it."""
+        controller's STOP-offset actuator sets it. A selector with the coverage prior gets MMTok's coverage matrix
+        of the answer-free prompt, as the `steprune` pruner gives it at inference."""
+        cover = None
+        if self.selector.prior == "coverage":
+            cover = default_coverage_t(vision.image_tokens, vision.vision_features, text, text_mask)  # (B, N, R)
         return self.selector.forward_train(
             vision.vision_features,
             text,
@@ -282,6 +290,7 @@ class StepPruneModule(L.LightningModule):
             generator=generator,
             explore=explore,
             stop_offset=self.selector.stop_offset,
+            cover=cover,
         )
 
     def _policy_gradient(

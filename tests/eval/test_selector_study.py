@@ -93,3 +93,11 @@ def test_equal_flops_takes_the_best_baseline_that_costs_no_more():
     assert best_at_cost(rows, 0.74)["budget"] == 32  # a selector dearer than mmtok@16 meets mmtok@32
     assert best_at_cost(rows, 0.56)["budget"] == 16  # equal cost counts
     assert best_at_cost(rows, 0.5) is None
+
+
+def test_a_selector_with_the_coverage_prior_is_its_own_group():
+    from steprune.eval.selector_study import surrogate_label
+
+    assert surrogate_label({"surrogate": "removal", "prior": "coverage"}) == "removal+coverage"
+    assert surrogate_label({"surrogate": "removal", "prior": "none"}) == "removal"
+    assert surrogate_label({}) == "paper"  # a file written before either option existed

@@ -14,10 +14,10 @@ from steprune.training.stepprune_module import StepPruneModule
 from tests.training.test_stepprune_module import backbone, cpu_trainer, loaders, records  # noqa: F401 (fixture)
 
 
-@pytest.mark.parametrize("target", [3.0, 9.5])
-def test_calibration_hits_the_target_on_its_split_and_the_pruner_applies_it(backbone, tmp_path, target):  # noqa: F811
+@pytest.mark.parametrize(("target", "prior"), [(3.0, "none"), (9.5, "none"), (5.0, "coverage")])
+def test_calibration_hits_the_target_on_its_split_and_the_pruner_applies_it(backbone, tmp_path, target, prior):  # noqa: F811
     torch.manual_seed(0)
-    module = StepPruneModule(backbone, t_max=12)
+    module = StepPruneModule(backbone, t_max=12, prior=prior)
     split = DataLoader(records(16), batch_size=8, collate_fn=InstructCollator(module.processor, "eval"))
     encoded = encode_split(module, split)
     record = calibrate_stop_offset(module.selector, encoded, target)
