@@ -101,3 +101,28 @@ def test_a_selector_with_the_coverage_prior_is_its_own_group():
     assert surrogate_label({"surrogate": "removal", "prior": "coverage"}) == "removal+coverage"
     assert surrogate_label({"surrogate": "removal", "prior": "none"}) == "removal"
     assert surrogate_label({}) == "paper"  # a file written before either option existed
+
+
+def test_equal_k_falls_back_to_the_next_budget_up_and_says_so():
+    from steprune.eval.selector_study import equal_k_comparison
+
+    def row(method, budget, correct):
+        share = sum(correct) / 4
+        return {
+            "method": method,
+            "budget": budget,
+            "correct": correct,
+            "overall": share,
+            "retention": share,
+            "k_mean": budget,
+        }
+
+    unpruned = [1, 1, 1, 1]
+    rows = [row("mmtok", 16, [1, 1, 0, 0]), row("fastv", 32, [1, 1, 1, 0]), row("mmtok", 32, [1, 0, 0, 0])]
+    ours = {**row("steprune", "adaptive", [1, 1, 1, 1]), "k_mean": 30.3}
+    exact = equal_k_comparison({**ours, "k_mean": 16.2}, rows, 16, unpruned)
+    assert (exact["reference"], exact["rule"]) == ("mmtok@16", "rounded K")
+    above = equal_k_comparison(ours, rows, 30, unpruned)  # no run at 30: the best at 32, which keeps more tokens
+    assert (above["reference"], above["rule"]) == ("fastv@32", "next budget up")
+    assert above["diff_retention"] == pytest.approx(0.25)
+    assert equal_k_comparison({**ours, "k_mean": 40.0}, rows, 40, unpruned) == {"reference": None, "rule": None}
