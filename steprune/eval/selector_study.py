@@ -54,9 +54,12 @@ def parse_selector(spec: str) -> tuple[str, str]:
 
 def surrogate_label(config: dict[str, Any]) -> str:
     """The surrogate a selector trained with, "+coverage" when its pointer reads the coverage prior (its own group
-    and line: `steprune.selector.coverage_prior`)."""
+    and line: `steprune.selector.coverage_prior`), "+coverage-absolute" with that prior's absolute-gain STOP."""
     surrogate = config.get("surrogate", "paper")
-    return f"{surrogate}+coverage" if config.get("prior", "none") == "coverage" else surrogate
+    if config.get("prior", "none") != "coverage":
+        return surrogate
+    stop = config.get("prior_stop", "saturation")
+    return f"{surrogate}+coverage" + ("" if stop == "saturation" else f"-{stop}")
 
 
 def selector_facts(path: str) -> dict[str, Any]:

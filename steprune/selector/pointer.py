@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from steprune.selector.coverage_prior import CoveragePrior
+from steprune.selector.coverage_prior import CoveragePrior, PriorStop
 from steprune.selector.encoder import MLP
 
 
@@ -138,6 +138,7 @@ class PointerDecoder(nn.Module):
         num_heads: int = 8,
         mlp_ratio: float = 4.0,
         coverage_prior: bool = False,
+        prior_stop: PriorStop = "saturation",
     ) -> None:
         super().__init__()
         self.d_model = d_model
@@ -151,7 +152,7 @@ class PointerDecoder(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.pointer_q = nn.Linear(d_model, d_model, bias=False)  # W_p, query side
         self.pointer_k = nn.Linear(d_model, d_model, bias=False)  # W_p, key side
-        self.prior = CoveragePrior() if coverage_prior else None
+        self.prior = CoveragePrior(stop=prior_stop) if coverage_prior else None
         if coverage_prior:  # the pointer's own logits start flat: untrained, the loop is the prior's policy (MMTok's
             nn.init.zeros_(self.pointer_q.weight)  # greedy, coverage-saturation STOP); training learns the correction
 

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from steprune.atomic_file import atomic_write
 from steprune.selector import checkpoint
 from steprune.selector.checkpoint import FORMAT
-from steprune.selector.coverage_prior import PRIORS, Prior
+from steprune.selector.coverage_prior import PRIOR_STOPS, PRIORS, Prior, PriorStop
 from steprune.selector.denoiser import LocalDenoiser
 from steprune.selector.encoder import CrossModalEncoder
 from steprune.selector.fast_pointer import FastPointerLoop
@@ -121,10 +121,13 @@ class StepPruneSelector(
         min_k: int = 1,
         stop_offset: float = 0.0,
         prior: Prior = "none",
+        prior_stop: PriorStop = "saturation",
     ) -> None:
         super().__init__()
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+        if prior_stop not in PRIOR_STOPS:
+            raise ValueError(f"prior_stop must be one of {PRIOR_STOPS}, got {prior_stop!r}")
         if surrogate not in SURROGATES:
             raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
         if isinstance(min_k, bool) or not isinstance(min_k, int) or min_k < 0:
@@ -160,6 +163,7 @@ class StepPruneSelector(
             "min_k": min_k,
             "stop_offset": float(stop_offset),
             "prior": prior,
+            "prior_stop": prior_stop,
         }
         self.prior: Prior = prior
         self.t_max = t_max
@@ -174,7 +178,12 @@ class StepPruneSelector(
         self.horizon: Horizon = horizon
         self.encoder = CrossModalEncoder(d_vision, d_text, d_model, encoder_layers, encoder_heads, mlp_ratio, causal)
         self.decoder = PointerDecoder(
-            self.encoder.d_model, decoder_layers, decoder_heads, mlp_ratio, coverage_prior=prior == "coverage"
+            self.encoder.d_model,
+            decoder_layers,
+            decoder_heads,
+            mlp_ratio,
+            coverage_prior=prior == "coverage",
+            prior_stop=prior_stop,
         )
         self.denoiser = LocalDenoiser(d_vision, denoiser_heads, mlp_ratio, denoiser_layer_scale)
 

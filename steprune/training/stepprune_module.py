@@ -16,8 +16,9 @@ training as at inference, holds K; `steprune.training.budget`). E[K] = Σ_t A_t.
 an on-policy imitation term towards a training-free method's tokens (`steprune.training.teacher`); and
 `policy_gradient` (with `explore`), REINFORCE on whole sets with the greedy set as baseline
 (`steprune.training.policy_gradient`); and `prior: coverage`, MMTok's marginal coverage gains as an input to the
-pointer's logits (`steprune.selector.coverage_prior`). Under DDP the batch's hard K is averaged over ranks before it
-updates k̄ or λ, so every rank holds the same state. Validation runs the hard selection exactly as inference does
+pointer's logits (`steprune.selector.coverage_prior`; `prior_stop: absolute` picks its absolute-gain STOP
+term). Under DDP the batch's hard K is averaged over ranks before it updates k̄ or λ, so every rank holds the same
+state. Validation runs the hard selection exactly as inference does
 (`steprune` pruner through `PrunedVLM.generate`) and reports accuracy, K and retention.
 
 Only selector parameters train; the frozen MLLM is never written to a checkpoint (it is re-loaded from
@@ -99,6 +100,7 @@ class StepPruneModule(L.LightningModule):
         imitate: float = 0.0,
         policy_gradient: float = 0.0,
         prior: str = "none",
+        prior_stop: str = "saturation",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -129,6 +131,7 @@ class StepPruneModule(L.LightningModule):
             surrogate=surrogate,
             min_k=min_k,
             prior=prior,
+            prior_stop=prior_stop,
         )
         if kd < 0:
             raise ValueError(f"kd (the distillation weight) must be >= 0, got {kd}")

@@ -99,6 +99,8 @@ def test_a_selector_with_the_coverage_prior_is_its_own_group():
     from steprune.eval.selector_study import surrogate_label
 
     assert surrogate_label({"surrogate": "removal", "prior": "coverage"}) == "removal+coverage"
+    absolute = {"surrogate": "removal", "prior": "coverage", "prior_stop": "absolute"}
+    assert surrogate_label(absolute) == "removal+coverage-absolute"
     assert surrogate_label({"surrogate": "removal", "prior": "none"}) == "removal"
     assert surrogate_label({}) == "paper"  # a file written before either option existed
 

@@ -59,6 +59,33 @@ def test_the_stop_term_grows_as_coverage_saturates_and_is_zero_at_the_first_step
     assert bool((stops[:, 1:] >= stops[:, :-1]).all()) and bool((stops[:, -1] > 0).all())
 
 
+def test_the_absolute_stop_stops_where_the_greedy_gain_first_falls_below_exp_offset():
+    """prior_stop="absolute": STOP's logit is -w_stop * log(max gain) + offset against the best token's ~0, so the
+    untrained selector keeps MMTok's greedy prefix up to the first step whose best gain is below exp(offset)."""
+    vision, tokens, text, mask = inputs(b=4, n=24)
+    torch.manual_seed(0)
+    selector = StepPruneSelector(
+        32, 48, 32, 1, 4, decoder_layers=1, decoder_heads=4, prior="coverage", prior_stop="absolute", t_max=16
+    ).eval()
+    assert selector.decoder.prior.stop == "absolute" and selector.config["prior_stop"] == "absolute"
+    cover = default_coverage_t(tokens, vision, text, mask)
+    picks = greedy_max_coverage_t(cover, 16)[0]  # (B, 16) in pick order
+    best, gains = cover.new_zeros(4, cover.shape[2]), []
+    for t in range(16):  # the greedy's best gain before each pick
+        gains.append(CoveragePrior.gains(cover, best).max(dim=1).values)
+        best = CoveragePrior.update(cover, best, picks[:, t])
+    gains = torch.stack(gains, dim=1)  # (B, 16), non-increasing
+    threshold = float(gains[:, 5:9].median())  # between the 6th and 9th gains: different K across samples
+    ks = (gains >= threshold).sum(dim=1).clamp_min(1)  # min_k 1
+    assert ks.unique().numel() > 1
+    ours = selector.select(vision, text, mask, cover=cover, stop_offset=float(torch.tensor(threshold).log()) - 1e-4)
+    assert ours.lengths.tolist() == ks.tolist()
+    expected = [sorted(row[:k].tolist()) for row, k in zip(picks, ks.tolist(), strict=True)]
+    assert picked(ours) == expected
+    with pytest.raises(ValueError, match="prior_stop must be one of"):
+        StepPruneSelector(32, 48, prior="coverage", prior_stop="relative")
+
+
 def test_the_loss_reaches_both_prior_weights_through_the_removal_path():
     vision, tokens, text, mask = inputs()
     selector = StepPruneSelector(32, 48, 32, 1, 4, decoder_layers=1, decoder_heads=4, prior="coverage")
