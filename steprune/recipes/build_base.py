@@ -3,11 +3,13 @@
     python -m steprune.recipes.build_base                    # artifacts/base (STEPRUNE_HOME overrides artifacts/)
     python -m steprune.recipes.build_base --force            # rebuild over an existing base
     python -m steprune.recipes.build_base --stage2-steps 50  # a quick, weak base for trying things
-    python -m steprune.recipes.build_base --force --stage3-from old/base  # stage 3 only, on a saved stage-2 base
+    python -m steprune.recipes.build_base --force --continue-from old/base  # only the stages old/base did not run
+    python -m steprune.recipes.build_base --recipe v4 --continue-from artifacts/base --out new/base  # v3 -> v4
 
 Recipe: world text -> byte-level BPE tokenizer -> LlavaProcessor (PIL image processor, no torchvision)
 -> LLaVA config (96 px, patch 8: 144 visual tokens) -> stage 1 (vision tower, dense per-patch labels) ->
-stage 2 (projector + LM, tower frozen) -> stage 3 (projector + LM on fresh records, its own cosine) ->
+stage 2 (projector + LM, tower frozen) -> stages 3, 4 (projector + LM on fresh records, each its own cosine;
+stage 4 may weight the conversations' extra turns towards some question kinds) ->
 test-split accuracy per kind and a blind baseline ->
 `save_pretrained` into a temporary directory renamed into place, with `build_info.json`.
 A base that exists is reused; one that is corrupt is reported, never silently retrained over.
@@ -20,7 +22,7 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,16 @@ class BaseRecipe:
     stage3_lr: float = 8e-4
     stage3_pool: int = 10000
     stage3_warmup: int = 50
+    stage3_turn_boost: str = ""
+    """Extra-turn question mix of stage 3 as `kind=factor,...` multipliers of the world's kind weights (the
+    record's own question keeps the world's mix); "": the world's mix."""
+    stage4_steps: int = 0
+    """A further continuation phase like stage 3 on the `stage4_pool` records after stage 3's, seeded with
+    `seed + 4`. 0 in v3; the `v4` preset: 900 steps with spatial turns boosted (reports/base_build.md)."""
+    stage4_lr: float = 6e-4
+    stage4_pool: int = 10000
+    stage4_warmup: int = 50
+    stage4_turn_boost: str = ""
     eval_size: int = 2000
     curve_every: int = 250
     """Every this many stage-2 steps, accuracy on `curve_size` val records goes into build_info (0: never)."""
@@ -101,6 +113,7 @@ class BaseRecipe:
 
 
 RECIPES: dict[str, dict[str, Any]] = {
+    "v4": {"stage4_steps": 900, "stage4_turn_boost": "spatial=3"},
     "v3": {},
     "v2": {"stage3_steps": 0},
     "quick": {
@@ -239,31 +252,69 @@ def stage2_loader(chats: ChatPool, recipe: BaseRecipe, collate: Any, generator: 
     return DataLoader(chats, generator=generator, collate_fn=collate, num_workers=recipe.loader_workers, **batching)
 
 
-STAGE12_INDEPENDENT = {"eval_size", "curve_every", "curve_size", "loader_workers"}
-"""Recipe fields that do not change the weights stages 1-2 produce (besides the `stage3_*` ones)."""
+WEIGHT_INDEPENDENT = {"eval_size", "curve_every", "curve_size", "loader_workers"}
+"""Recipe fields that do not change the weights a build produces."""
+
+CONTINUATION_STAGES = (3, 4)
+"""Stages after stage 2, each owning the recipe fields `stage{n}_*`; a saved base can be continued by them."""
 
 
-def load_stage2_base(directory: Path, recipe: BaseRecipe) -> tuple[Any, Any, dict[str, Any]]:
-    """A saved base whose stages 1-2 are this recipe's, to continue with stage 3 (`--stage3-from`)."""
+def field_stage(name: str) -> int:
+    """The stage a recipe field belongs to: n for `stage{n}_*` with n >= 3, else 2 (stages 1-2 and shared)."""
+    for n in CONTINUATION_STAGES:
+        if name.startswith(f"stage{n}_"):
+            return n
+    return 2
+
+
+def last_stage(recipe: dict[str, Any]) -> int:
+    """The last stage a recipe (as a dict, missing fields at their defaults) runs: 2 or a continuation stage."""
+    return max([2] + [n for n in CONTINUATION_STAGES if recipe.get(f"stage{n}_steps", 0)])
+
+
+def turn_boost(spec: str) -> dict[str, float]:
+    """`"spatial=3,existence=1.5"` -> {"spatial": 3.0, "existence": 1.5} (question kinds checked by WorldConfig)."""
+    boost: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        kind, sep, factor = part.partition("=")
+        try:
+            value = float(factor) if sep else -1.0
+        except ValueError:
+            value = -1.0
+        if value < 0:
+            raise ValueError(f"turn boost {spec!r}: expected kind=factor,... with factors >= 0, got {part!r}")
+        boost[kind.strip()] = value
+    return boost
+
+
+def load_parent_base(directory: Path, recipe: BaseRecipe) -> tuple[Any, Any, dict[str, Any], int]:
+    """A saved base whose stages up to its last one are this recipe's, to continue with the stages after it
+    (`--continue-from`); returns the model, processor, its build info and its last stage."""
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
     check_base(directory)
     parent = json.loads((directory / "build_info.json").read_text())
-    theirs, ours = parent.get("recipe", {}), asdict(recipe)
+    defaults, ours = asdict(BaseRecipe()), asdict(recipe)
+    theirs = {k: parent.get("recipe", {}).get(k, defaults[k]) for k in defaults}  # fields newer than the parent
+    ran = last_stage(theirs)
     differ = {
-        k: (theirs.get(k), v)
+        k: (theirs[k], v)
         for k, v in ours.items()
-        if not k.startswith("stage3_") and k not in STAGE12_INDEPENDENT and theirs.get(k) != v
+        if field_stage(k) <= ran and k not in WEIGHT_INDEPENDENT and theirs[k] != v
     }
-    if differ or theirs.get("stage3_steps", 0):
+    if differ:
         raise ValueError(
-            f"{directory} was not built by this recipe's stages 1-2 (field: (its value, this recipe's) {differ}"
-            f"{', and it already ran a stage 3' if theirs.get('stage3_steps', 0) else ''}); continue a base built "
-            "with the same stage-1/2 flags, or rebuild from scratch without --stage3-from"
+            f"{directory} was not built by this recipe's stages 1-{ran} (field: (its value, this recipe's) "
+            f"{differ}); continue a base built with the same flags, or rebuild from scratch without --continue-from"
+        )
+    if last_stage(ours) <= ran:
+        raise ValueError(
+            f"{directory} already ran every stage of this recipe (its last: {ran}); --continue-from needs a later "
+            f"stage: give --stage{ran + 1}-steps > 0 (or a preset with it)"
         )
     model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
     processor = LlavaProcessor.from_pretrained(directory)
-    return model, processor, parent
+    return model, processor, parent, ran
 
 
 def build_base(
@@ -272,18 +323,17 @@ def build_base(
     recipe: BaseRecipe | None = None,
     force: bool = False,
     progress: bool = True,
-    stage3_from: Path | None = None,
+    continue_from: Path | None = None,
 ) -> dict[str, Any]:
-    """Build the base into `out` (reused when present and sound) and return its build info. With `stage3_from`
-    (a base built by this recipe's stages 1-2), stages 1-2 are loaded from it and only stage 3 runs."""
+    """Build the base into `out` (reused when present and sound) and return its build info. With `continue_from`
+    (a base built by this recipe's stages up to its last one), those stages are loaded from it and only the later
+    ones run — to the same weights as a build from scratch."""
     recipe = recipe or BaseRecipe()
     out = Path(out)
     if out.exists() and not force:
         check_base(out)
         print(f"reusing the base model at {out} (make base ARGS=--force rebuilds it)")
         return json.loads((out / "build_info.json").read_text())
-    if stage3_from is not None and not recipe.stage3_steps:
-        raise ValueError("--stage3-from continues a base with stage 3: give --stage3-steps > 0 (or --recipe v3)")
     torch.set_num_threads(recipe.threads)
     build_provenance = provenance()  # taken at the start: the commit whose recipe runs, on this CPU and threads
     L.seed_everything(recipe.seed, verbose=False)
@@ -293,12 +343,13 @@ def build_base(
     curve_records = world_records("val", recipe.curve_size, cfg, recipe.seed) if recipe.curve_every else []
     lineage: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
-    if stage3_from is None:
+    ran = 2
+    if continue_from is None:
         model, processor = stage1_and_2(cfg, recipe, out, progress, curve_records, timings, rows)
     else:
-        model, processor, parent = load_stage2_base(Path(stage3_from), recipe)
+        model, processor, parent, ran = load_parent_base(Path(continue_from), recipe)
         lineage = {
-            "stage3_from": {
+            f"stage{ran + 1}_from": {
                 "weights_sha256": parent.get("weights_sha256"),
                 "commit": parent.get("provenance", {}).get("commit"),
                 "timings": parent.get("timings", {}),
@@ -306,8 +357,9 @@ def build_base(
             }
         }
         rows = list(parent.get("curve", []))
-    if recipe.stage3_steps:
-        stage3(model, processor, cfg, recipe, out, progress, curve_records, timings, rows)
+    for stage in CONTINUATION_STAGES:
+        if stage > ran and getattr(recipe, f"stage{stage}_steps"):
+            continuation_stage(stage, model, processor, cfg, recipe, out, progress, curve_records, timings, rows)
     model.eval().requires_grad_(True)
 
     t = time.perf_counter()
@@ -397,7 +449,8 @@ def stage1_and_2(
     return model, processor
 
 
-def stage3(
+def continuation_stage(
+    stage: int,
     model: Any,
     processor: Any,
     cfg: WorldConfig,
@@ -408,31 +461,39 @@ def stage3(
     timings: dict[str, float],
     rows: list[dict[str, Any]],
 ) -> None:
-    """Stage 3: projector + LM again on `stage3_pool` fresh train records (indices after stage 2's pool), with its
-    own warm-up and cosine, no patch loss; the RNG is reseeded first, so a build from scratch and a continuation of
-    its saved stage-2 weights (`--stage3-from`) train the same stage 3."""
-    L.seed_everything(recipe.seed + 3, verbose=False)
+    """Stage 3 or 4: projector + LM again on `stage{n}_pool` fresh train records (the indices after the earlier
+    stages' pools), with its own warm-up and cosine, no patch loss, the extra turns' question mix boosted by
+    `stage{n}_turn_boost`; the RNG is reseeded first (`seed + n`), so a build from scratch and a continuation of
+    a saved base (`--continue-from`) train the same stage."""
+    steps, lr = getattr(recipe, f"stage{stage}_steps"), getattr(recipe, f"stage{stage}_lr")
+    size, warmup = getattr(recipe, f"stage{stage}_pool"), getattr(recipe, f"stage{stage}_warmup")
+    boost = turn_boost(getattr(recipe, f"stage{stage}_turn_boost"))
+    start = recipe.pool_size + sum(getattr(recipe, f"stage{n}_pool") for n in CONTINUATION_STAGES if n < stage)
+    turn_mix = replace(cfg, kind_weights={k: w * boost.pop(k, 1.0) for k, w in cfg.kind_weights.items()})
+    if boost:
+        raise ValueError(f"stage{stage}_turn_boost names kinds the world does not ask: {sorted(boost)}")
+    L.seed_everything(recipe.seed + stage, verbose=False)
     t = time.perf_counter()
-    pool = world_records("train", recipe.stage3_pool, cfg, recipe.seed, recipe.pool_processes, start=recipe.pool_size)
-    timings["stage3_world_s"] = time.perf_counter() - t
+    pool = world_records("train", size, cfg, recipe.seed, recipe.pool_processes, start=start)
+    timings[f"stage{stage}_world_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    generator = torch.Generator().manual_seed(recipe.seed + 3)
+    generator = torch.Generator().manual_seed(recipe.seed + stage)
     trainable(model)
     chats = ChatPool(
         pool,
-        cfg,
+        turn_mix,
         recipe.turns,
         recipe.caption_prob,
-        views=1 + recipe.stage3_steps * recipe.stage2_batch // len(pool),
+        views=1 + steps * recipe.stage2_batch // len(pool),
         locate_turns=recipe.locate_turns,
     )
     loader = stage2_loader(chats, recipe, MultiTurnCollator(processor), generator)
     curve = AccuracyCurve(model, processor, curve_records, recipe.curve_every)
-    module = ProjectorLMModule(model, recipe.stage3_lr, recipe.stage3_warmup).train()  # a loaded base is in eval
-    trainer(recipe.stage3_steps, out.parent, progress, [curve]).fit(module, loader)
-    timings["stage3_s"] = time.perf_counter() - t - curve.spent
-    timings["stage3_curve_s"] = curve.spent
-    rows.extend({**row, "stage": 3} for row in curve.rows)
+    module = ProjectorLMModule(model, lr, warmup).train()  # a loaded base is in eval mode
+    trainer(steps, out.parent, progress, [curve]).fit(module, loader)
+    timings[f"stage{stage}_s"] = time.perf_counter() - t - curve.spent
+    timings[f"stage{stage}_curve_s"] = curve.spent
+    rows.extend({**row, "stage": stage} for row in curve.rows)
 
 
 def evaluate_base(model: Any, processor: Any, cfg: WorldConfig, recipe: BaseRecipe) -> dict[str, Any]:
@@ -475,10 +536,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even if a base exists")
     parser.add_argument("--recipe", default="v3", choices=sorted(RECIPES), help="preset (flags below override it)")
     parser.add_argument(
+        "--continue-from",
         "--stage3-from",
+        dest="continue_from",
         type=Path,
         default=None,
-        help="a base built by this recipe's stages 1-2: load it and run only stage 3 (same weights as a full build)",
+        help="a base built by this recipe's stages up to its last: load it and run only the later stages (same "
+        "weights as a full build)",
     )
     for name, value in asdict(BaseRecipe()).items():
         flag = f"--{name.replace('_', '-')}"
@@ -494,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     out = Path(args.out) if args.out else default_base_dir()
     try:
-        info = build_base(out, recipe=recipe, force=args.force, stage3_from=args.stage3_from)
+        info = build_base(out, recipe=recipe, force=args.force, continue_from=args.continue_from)
     except ValueError as error:
         parser.error(str(error))
     print_report(info)

@@ -376,7 +376,7 @@ def test_the_micro_recipe_built_twice_gives_identical_weights(micro_base, tmp_pa
 
 
 def test_stage3_continued_from_a_saved_base_equals_the_full_build(micro_base, tmp_path):
-    """`--stage3-from` (load stages 1-2, run stage 3) gives the weights of the same recipe built from scratch, and
+    """`--continue-from` (load stages 1-2, run stage 3) gives the weights of the same recipe built from scratch, and
     records its parent; a base from other stage-1/2 flags is refused by name."""
     from dataclasses import replace
 
@@ -384,7 +384,7 @@ def test_stage3_continued_from_a_saved_base_equals_the_full_build(micro_base, tm
     with_stage3 = replace(MICRO, stage3_steps=2, stage3_pool=8, stage3_warmup=1)
     full = build_base(tmp_path / "full", world=MICRO_WORLD, recipe=with_stage3, progress=False)
     continued = build_base(
-        tmp_path / "continued", world=MICRO_WORLD, recipe=with_stage3, progress=False, stage3_from=out
+        tmp_path / "continued", world=MICRO_WORLD, recipe=with_stage3, progress=False, continue_from=out
     )
     assert full["weights_sha256"] == continued["weights_sha256"] != info["weights_sha256"]
     assert continued["stage3_from"]["weights_sha256"] == info["weights_sha256"]
@@ -395,7 +395,57 @@ def test_stage3_continued_from_a_saved_base_equals_the_full_build(micro_base, tm
             world=MICRO_WORLD,
             recipe=replace(with_stage3, stage2_steps=3),
             progress=False,
-            stage3_from=out,
+            continue_from=out,
         )
     with pytest.raises(ValueError, match="stage3-steps"):
-        build_base(tmp_path / "bad", world=MICRO_WORLD, recipe=MICRO, progress=False, stage3_from=out)
+        build_base(tmp_path / "bad", world=MICRO_WORLD, recipe=MICRO, progress=False, continue_from=out)
+
+
+def test_stage4_continues_a_stage3_base_to_the_full_builds_weights(tmp_path):
+    """v3 -> v4: a stage-3 base continued by stage 4 equals the stage-4 recipe built from scratch; stage 4's
+    turn boost changes the weights; a parent whose stage 3 differs is refused by the stage-3 field's name."""
+    from dataclasses import replace
+
+    with_stage3 = replace(MICRO, stage3_steps=2, stage3_pool=8, stage3_warmup=1)
+    with_stage4 = replace(with_stage3, stage4_steps=2, stage4_pool=8, stage4_warmup=1, stage4_turn_boost="spatial=3")
+    parent = build_base(tmp_path / "v3", world=MICRO_WORLD, recipe=with_stage3, progress=False)
+    full = build_base(tmp_path / "full", world=MICRO_WORLD, recipe=with_stage4, progress=False)
+    continued = build_base(
+        tmp_path / "continued", world=MICRO_WORLD, recipe=with_stage4, progress=False, continue_from=tmp_path / "v3"
+    )
+    unboosted = build_base(
+        tmp_path / "plain", world=MICRO_WORLD, recipe=replace(with_stage4, stage4_turn_boost=""), progress=False
+    )
+    assert full["weights_sha256"] == continued["weights_sha256"] != parent["weights_sha256"]
+    assert unboosted["weights_sha256"] != full["weights_sha256"]
+    assert continued["stage4_from"]["weights_sha256"] == parent["weights_sha256"]
+    assert [row["stage"] for row in continued["curve"]] == [2, 3, 4]
+    with pytest.raises(ValueError, match="stage3_lr"):
+        build_base(
+            tmp_path / "bad",
+            world=MICRO_WORLD,
+            recipe=replace(with_stage4, stage3_lr=1e-3),
+            progress=False,
+            continue_from=tmp_path / "v3",
+        )
+
+
+def test_turn_boost_multiplies_the_extra_turns_kind_mix():
+    from dataclasses import replace
+
+    from steprune.data.world_datamodule import chat_turns, world_config, world_records
+    from steprune.recipes.build_base import turn_boost
+
+    assert turn_boost("spatial=3, existence=1.5") == {"spatial": 3.0, "existence": 1.5} and turn_boost("") == {}
+    for bad in ("spatial", "spatial=x", "spatial=-1"):
+        with pytest.raises(ValueError, match="kind=factor"):
+            turn_boost(bad)
+    cfg = world_config(None)
+    records = world_records("train", 60, cfg, 0, 1)
+
+    def spatial_turns(factor: float) -> int:
+        mix = replace(cfg, kind_weights={**cfg.kind_weights, "spatial": factor})
+        turns = [q for r in records for q, _ in chat_turns(r, mix, 6, 0.3, 0, 0, 1)[1:]]
+        return sum("left or right" in q or "above or below" in q for q in turns)
+
+    assert spatial_turns(0.0) == 0 < spatial_turns(1.0) < spatial_turns(3.0)
