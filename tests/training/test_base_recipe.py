@@ -34,6 +34,7 @@ MICRO = BaseRecipe(
     warmup_steps=1,
     curve_size=4,
     stage3_steps=0,
+    stage4_steps=0,
 )
 
 
@@ -359,8 +360,9 @@ def test_recipe_presets_and_flags_override_them():
     from steprune.recipes.build_base import RECIPES, recipe_named
 
     quick = recipe_named("quick", stage2_steps=5)
-    assert quick.text_layers == 3 and quick.stage2_steps == 5 and recipe_named("v3") == BaseRecipe()
+    assert quick.text_layers == 3 and quick.stage2_steps == 5 and recipe_named("v4") == BaseRecipe()
     assert recipe_named("v2").stage3_steps == 0 < BaseRecipe().stage3_steps
+    assert recipe_named("v3").stage4_steps == 0 == quick.stage4_steps < BaseRecipe().stage4_steps
     assert BaseRecipe().text_layers >= 8, "the default base's LM is deep enough not to flatter in-LLM methods"
     assert set(RECIPES["quick"]) <= set(asdict(BaseRecipe()))
     with pytest.raises(ValueError, match="unknown recipe 'fast'; known"):
