@@ -98,6 +98,13 @@ class BaseRecipe:
     stage4_turn_boost: str = "spatial=3"
     """v4: spatial extra turns x3 (about 32 % of the extra turns instead of 16 %): spatial was the one kind less
     than 20 points above the blind model on v3."""
+    stage5_steps: int = 0
+    """A third continuation phase on the `stage5_pool` records after stage 4's, seeded with `seed + 5`; 0 in v4
+    (preset v5: 1000 steps from lr 5e-4, spatial extra turns x3 — v4's val curve was still rising at step 900)."""
+    stage5_lr: float = 5e-4
+    stage5_pool: int = 10000
+    stage5_warmup: int = 50
+    stage5_turn_boost: str = ""
     eval_size: int = 2000
     curve_every: int = 250
     """Every this many stage-2 steps, accuracy on `curve_size` val records goes into build_info (0: never)."""
@@ -115,6 +122,7 @@ class BaseRecipe:
 
 
 RECIPES: dict[str, dict[str, Any]] = {
+    "v5": {"stage5_steps": 1000, "stage5_turn_boost": "spatial=3"},
     "v4": {},
     "v3": {"stage4_steps": 0, "stage4_turn_boost": ""},
     "v2": {"stage3_steps": 0, "stage4_steps": 0, "stage4_turn_boost": ""},
@@ -259,7 +267,7 @@ def stage2_loader(chats: ChatPool, recipe: BaseRecipe, collate: Any, generator: 
 WEIGHT_INDEPENDENT = {"eval_size", "curve_every", "curve_size", "loader_workers"}
 """Recipe fields that do not change the weights a build produces."""
 
-CONTINUATION_STAGES = (3, 4)
+CONTINUATION_STAGES = (3, 4, 5)
 """Stages after stage 2, each owning the recipe fields `stage{n}_*`; a saved base can be continued by them."""
 
 
@@ -291,7 +299,13 @@ def turn_boost(spec: str) -> dict[str, float]:
     return boost
 
 
-LEGACY_FIELDS: dict[str, Any] = {"stage3_turn_boost": "", "stage4_steps": 0, "stage4_turn_boost": ""}
+LEGACY_FIELDS: dict[str, Any] = {
+    "stage3_turn_boost": "",
+    "stage4_steps": 0,
+    "stage4_turn_boost": "",
+    "stage5_steps": 0,
+    "stage5_turn_boost": "",
+}
 """Fields added after some shipped bases were built, at the values that reproduce what those builds did: a
 build_info without one of them was built with this value (v3's has neither stage 4 nor turn boosts)."""
 
@@ -476,7 +490,7 @@ def continuation_stage(
     timings: dict[str, float],
     rows: list[dict[str, Any]],
 ) -> None:
-    """Stage 3 or 4: projector + LM again on `stage{n}_pool` fresh train records (the indices after the earlier
+    """Stage 3, 4 or 5: projector + LM again on `stage{n}_pool` fresh train records (the indices after the earlier
     stages' pools), with its own warm-up and cosine, no patch loss, the extra turns' question mix boosted by
     `stage{n}_turn_boost`; the RNG is reseeded first (`seed + n`), so a build from scratch and a continuation of
     a saved base (`--continue-from`) train the same stage."""
