@@ -21,7 +21,8 @@ against prefill FLOPs with the selectors as stars, one line per surrogate). Sele
 (surrogate, calibrated target K) — a selector with the coverage prior is its own surrogate, "removal+coverage" —
 and each group gets mean ± std over its seeds. Per selector: K range,
 max/min, Spearman rho(K, objects), and accuracy per K bucket (`steprune.eval.k_buckets`). Writes
-OUT.json and OUT.md.
+OUT.json and OUT.md, headed by the base they were measured on; baselines measured on another base than the one
+at their backbone path now (rebuilt since) are refused.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from steprune.eval.base_label import base_line, check_same_base
 from steprune.eval.intervals import paired_difference
 from steprune.eval.k_buckets import bucket_spread, k_bucket_accuracy, k_bucket_markdown
 from steprune.eval.world_compare import add_intervals, comparison_budget, row_key
@@ -142,6 +144,7 @@ def study(baselines: dict[str, Any], selectors: Sequence[tuple[str, str]], batch
     unpruned = vanilla["correct"] if vanilla else baselines.get("vanilla_correct")
     if unpruned is None:
         raise ValueError("the baselines' report has no unpruned row (vanilla) to measure retention against")
+    check_same_base(baselines.get("base"), baselines["backbone"])
     rows = [r for r in baselines["rows"] if r["method"] != "steprune"]
     summaries = []
     for name, path in selectors:
@@ -226,7 +229,7 @@ def _difference(side: dict[str, Any]) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """One row per selector, one per (surrogate, target) group, then each selector's K buckets."""
-    head = (
+    head = base_line(report.get("base")) + (
         f"**built-in world, {report['split']} split: {report['questions']} questions, {report['visual_tokens']} "
         "visual tokens; 95 % paired-bootstrap intervals over questions, differences in retention points**\n"
     )
@@ -282,7 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     PRUNERS.get("steprune")
-    report = study(baselines, selectors, args.batch_size)
+    try:
+        report = study(baselines, selectors, args.batch_size)
+    except ValueError as error:
+        parser.error(f"--baselines: {error}")
     report["baselines_report"] = str(baselines_path)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     out.with_suffix(".md").write_text(markdown(report))

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from steprune.data.world import WorldConfig, generate_records
+from steprune.eval.base_label import base_facts
 from steprune.eval.flops import measured_prefill_cost
 from steprune.eval.flops_match import FlopsMatch, in_llm, match_budget
 from steprune.eval.world_accuracy import world_accuracy
@@ -163,6 +164,7 @@ def evaluate_world(
         row["retention"] = row["overall"] / vanilla if vanilla > 0 else float("nan")
     report = {
         "backbone": backbone,
+        "base": base_facts(backbone),
         "split": split,
         "limit": limit,
         "questions": len(records),

@@ -8,7 +8,8 @@ Both show, per method x budget: K, accuracy per question kind, overall accuracy 
 intervals ("93.1 [90.2, 95.8]"), the paired difference in retention points to the budget's reference
 ("+1.2 [-0.8, 3.1]", "ref" on the reference itself) and the prefill TFLOPs; the title says how many test
 questions the intervals rest on. An equal-FLOPs row's budget reads "9 (FLOPs of 16)". Both first make sure the
-intervals fit the rows (`ensure_intervals`: a merged report gets them recomputed, in place).
+intervals fit the rows (`ensure_intervals`: a merged report gets them recomputed, in place). The Markdown
+starts with the base the report was measured on (`steprune.eval.base_label`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from steprune.eval.base_label import base_line
 from steprune.eval.world_compare import ensure_intervals, row_key
 
 COLUMNS = ("method", "budget", "K mean (min-max)", "overall [95% CI]", "retention % [95% CI]", "Δ ret. vs ref")
@@ -96,7 +98,7 @@ def markdown(report: dict[str, Any]) -> str:
     ensure_intervals(report)
     kinds = sorted(report["rows"][0]["per_kind"])
     head = "| " + " | ".join([*COLUMNS[:3], *kinds, *COLUMNS[3:], "TFLOPs"]) + " |"
-    lines = [f"**{title(report)}**", "", head, "|" + "---|" * (head.count("|") - 1)]
+    lines = [base_line(report.get("base")) + f"**{title(report)}**", "", head, "|" + "---|" * (head.count("|") - 1)]
     lines += ["| " + " | ".join(cells(r, kinds, report)) + " |" for r in report["rows"]]
     extra = notes(report)
     return "\n".join(lines + ([""] + extra if extra else [])) + "\n"

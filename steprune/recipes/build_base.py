@@ -300,6 +300,7 @@ def turn_boost(spec: str) -> dict[str, float]:
 
 
 LEGACY_FIELDS: dict[str, Any] = {
+    "stage3_steps": 0,
     "stage3_turn_boost": "",
     "stage4_steps": 0,
     "stage4_turn_boost": "",
@@ -307,7 +308,8 @@ LEGACY_FIELDS: dict[str, Any] = {
     "stage5_turn_boost": "",
 }
 """Fields added after some shipped bases were built, at the values that reproduce what those builds did: a
-build_info without one of them was built with this value (v3's has neither stage 4 nor turn boosts)."""
+build_info without one of them was built with this value (v2's has no stage 3; v3's neither stage 4 nor turn
+boosts)."""
 
 
 def recipe_of(info: dict[str, Any]) -> dict[str, Any]:
@@ -315,6 +317,17 @@ def recipe_of(info: dict[str, Any]) -> dict[str, Any]:
     recorded = info.get("recipe", {})
     defaults = {**asdict(BaseRecipe()), **LEGACY_FIELDS}
     return {k: recorded.get(k, defaults[k]) for k in asdict(BaseRecipe())}
+
+
+def preset_of(recipe: dict[str, Any]) -> str | None:
+    """The `RECIPES` preset whose weights-relevant fields equal this recipe's (missing ones at their
+    `LEGACY_FIELDS` values), or None for a custom recipe: the name a build_info records as "preset"."""
+    full = {**asdict(BaseRecipe()), **LEGACY_FIELDS, **recipe}
+    for name in RECIPES:
+        preset = asdict(recipe_named(name))
+        if all(full[k] == v for k, v in preset.items() if k not in WEIGHT_INDEPENDENT | {"threads", "pool_processes"}):
+            return name
+    return None
 
 
 def load_parent_base(directory: Path, recipe: BaseRecipe) -> tuple[Any, Any, dict[str, Any], int]:
@@ -396,6 +409,7 @@ def build_base(
     timings["eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     info = {
+        "preset": preset_of(asdict(recipe)),
         "recipe": asdict(recipe),
         "world": dict(world or {}),
         "provenance": build_provenance,

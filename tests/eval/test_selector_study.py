@@ -68,6 +68,11 @@ def test_selectors_against_baselines_at_equal_k_and_flops(tiny_base, tmp_path):
     assert group["seeds"] == 2 and group["retention"] == pytest.approx((s0["retention"] + s1["retention"]) / 2)
     text = out.with_suffix(".md").read_text()
     assert "| s0 | paper | 8 | 8.0 (8-8) |" in text and "Accuracy per K bucket, s1" in text
+    assert text.startswith("Base: a custom recipe") and report["base"]["path"] == str(tiny_base)
+    world["base"]["weights_sha256"] = "0" * 64  # the baselines came from a base rebuilt since
+    baselines.with_suffix(".json").write_text(json.dumps(world))
+    with pytest.raises(SystemExit):
+        study_main(args)
 
 
 def test_a_missing_selector_or_report_is_named(tmp_path):

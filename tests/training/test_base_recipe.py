@@ -67,7 +67,7 @@ def test_micro_build_saves_a_loadable_base(micro_base):
     assert 0.0 <= info["curve"][0]["overall"] <= 1.0 and info["curve"][0]["train_seconds"] > 0
     assert set(info["test_accuracy"]["per_kind"]) <= {"attribute", "existence", "counting", "spatial", "reading"}
     saved = json.loads((out / "build_info.json").read_text())
-    assert saved["recipe"]["stage2_steps"] == 2
+    assert saved["recipe"]["stage2_steps"] == 2 and saved["preset"] is None  # the micro recipe is no preset
     from steprune.base_location import weights_digest
 
     assert saved["weights_sha256"] == weights_digest(out) and saved["weights_sha256"]
@@ -363,10 +363,26 @@ def test_recipe_presets_and_flags_override_them():
     assert quick.text_layers == 3 and quick.stage2_steps == 5 and recipe_named("v4") == BaseRecipe()
     assert recipe_named("v2").stage3_steps == 0 < BaseRecipe().stage3_steps
     assert recipe_named("v3").stage4_steps == 0 == quick.stage4_steps < BaseRecipe().stage4_steps
+    assert recipe_named("v5").stage5_steps > 0 == BaseRecipe().stage5_steps
     assert BaseRecipe().text_layers >= 8, "the default base's LM is deep enough not to flatter in-LLM methods"
     assert set(RECIPES["quick"]) <= set(asdict(BaseRecipe()))
     with pytest.raises(ValueError, match="unknown recipe 'fast'; known"):
         recipe_named("fast")
+
+
+def test_a_build_info_names_its_preset_even_from_before_the_fields_existed():
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from steprune.recipes.build_base import RECIPES, last_stage, preset_of, recipe_named, recipe_of
+
+    assert all(preset_of(asdict(recipe_named(name))) == name for name in RECIPES)
+    assert preset_of(asdict(recipe_named("v4", stage4_lr=1e-3))) is None  # a custom recipe
+    assert preset_of(asdict(recipe_named("v4", eval_size=10, threads=1))) == "v4"  # the weights do not change
+    v2 = json.loads((Path(__file__).parents[2] / "reports/base_build_v2.json").read_text())  # before stage 3
+    assert "stage3_steps" not in v2["recipe"] and preset_of(v2["recipe"]) == "v2" == preset_of(recipe_of(v2))
+    assert last_stage(recipe_of(v2)) == 2
 
 
 def test_the_micro_recipe_built_twice_gives_identical_weights(micro_base, tmp_path):
