@@ -35,6 +35,7 @@ MICRO = BaseRecipe(
     curve_size=4,
     stage3_steps=0,
     stage4_steps=0,
+    stage5_steps=0,
 )
 
 
@@ -360,10 +361,10 @@ def test_recipe_presets_and_flags_override_them():
     from steprune.recipes.build_base import RECIPES, recipe_named
 
     quick = recipe_named("quick", stage2_steps=5)
-    assert quick.text_layers == 3 and quick.stage2_steps == 5 and recipe_named("v4") == BaseRecipe()
+    assert quick.text_layers == 3 and quick.stage2_steps == 5 and recipe_named("v5") == BaseRecipe()
     assert recipe_named("v2").stage3_steps == 0 < BaseRecipe().stage3_steps
     assert recipe_named("v3").stage4_steps == 0 == quick.stage4_steps < BaseRecipe().stage4_steps
-    assert recipe_named("v5").stage5_steps > 0 == BaseRecipe().stage5_steps
+    assert recipe_named("v4").stage5_steps == 0 < BaseRecipe().stage5_steps
     assert BaseRecipe().text_layers >= 8, "the default base's LM is deep enough not to flatter in-LLM methods"
     assert set(RECIPES["quick"]) <= set(asdict(BaseRecipe()))
     with pytest.raises(ValueError, match="unknown recipe 'fast'; known"):
