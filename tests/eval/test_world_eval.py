@@ -30,6 +30,6 @@ def test_world_eval_with_intervals_flops_matching_and_figure(tiny_base, tmp_path
     token_tflops = match["token_flops"] / 1e12
     assert abs(matched["prefill_tflops"] - rows[1]["prefill_tflops"]) <= token_tflops  # equal FLOPs, within a token
     text = target.with_suffix(".md").read_text()
-    assert "6 questions" in text.splitlines()[0]
+    assert text.startswith("Base: a custom recipe") and "6 questions" in text.splitlines()[2]  # base, then title
     assert "| uniform | 8 |" in text and f"| fastv | {match['budget']} (FLOPs of 8) |" in text
     assert figure.stat().st_size > 10_000
