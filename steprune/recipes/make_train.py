@@ -3,13 +3,17 @@
     python -m steprune.recipes.make_train                     # what `make train` runs
     python -m steprune.recipes.make_train --limit 200         # a smaller comparison
     python -m steprune.recipes.make_train --config experiments/stepprune_world.yaml \
-        --config experiments/budget_k48.yaml --out reports/train_comparison_k48   # 66.7 % pruning instead
+        --config experiments/stepprune_removal.yaml --config experiments/stepprune_coverage_prior.yaml \
+        --config experiments/make_train.yaml --config experiments/budget_k48.yaml \
+        --out reports/train_comparison_k48                                   # 66.7 % pruning instead
+    python -m steprune.recipes.make_train --config experiments/stepprune_world.yaml   # the paper's surrogate
 
 1. the base model of the built-in world (`make base`; reused when present);
-2. StepPrune trained on it (`steprune train fit --config experiments/stepprune_world.yaml --ckpt_path last`:
-   MLflow in sqlite:///mlruns.db, checkpoints/base-<fingerprint>/ — one directory per base model, so a rebuilt
-   base starts a fresh run and the old checkpoints stay — resumes where it stopped; selector exported to
-   artifacts/selector.safetensors);
+2. StepPrune trained on it (`steprune train fit` with the configs of DEFAULT_CONFIGS — the removal surrogate,
+   kd 1, the coverage prior, aimed at a mean of 16 of the 144 tokens: experiments/make_train.yaml — and
+   `--ckpt_path last`: MLflow in sqlite:///mlruns.db, checkpoints/base-<fingerprint>/ — one directory per base
+   model, so a rebuilt base starts a fresh run and the old checkpoints stay — resumes where it stopped; selector
+   exported to artifacts/selector.safetensors);
 3. StepPrune against every fixed-budget method at StepPrune's own mean K on the test split: a rich table,
    saved as reports/train_comparison.{json,md}, with StepPrune's adaptivity (K range, max/min, Spearman rho
    against the number of objects, K per object count, accuracy per K bucket) and its figures
@@ -28,7 +32,20 @@ from typing import Any
 
 from steprune.pruners import PRUNERS
 
-EXPERIMENT = "experiments/stepprune_world.yaml"
+# The better of the two surrogates on the shipped base, measured (experiments/make_train.yaml says what and how);
+# `--config experiments/stepprune_world.yaml` alone trains the paper's surrogate instead.
+DEFAULT_CONFIGS = (
+    "experiments/stepprune_world.yaml",
+    "experiments/stepprune_removal.yaml",
+    "experiments/stepprune_coverage_prior.yaml",
+    "experiments/make_train.yaml",
+)
+REPOSITORY = Path(__file__).resolve().parents[2]  # the checkout the experiments/ directory belongs to
+
+
+def default_configs() -> list[str]:
+    """DEFAULT_CONFIGS as paths in this checkout, so that `make train` finds them from any working directory."""
+    return [str(REPOSITORY / config) for config in DEFAULT_CONFIGS]
 
 
 def adaptivity_summary(row: dict[str, Any]) -> dict[str, Any]:
@@ -71,6 +88,8 @@ def selector_summary(weights: str) -> dict[str, Any]:
     config = selector.config
     return {
         "surrogate": config.get("surrogate", "paper"),
+        "prior": config.get("prior", "none"),
+        "prior_stop": config.get("prior_stop", "saturation"),
         "min_k": config.get("min_k"),
         "t_max": config.get("t_max"),
         "stop_offset": config.get("stop_offset", 0.0),
@@ -86,8 +105,10 @@ def selector_markdown(summary: dict[str, Any]) -> str:
         if calibration
         else "no target (fixed λ, uncalibrated)"
     )
+    prior = summary.get("prior", "none")
+    prior_text = f", prior `{prior}` (STOP `{summary.get('prior_stop', 'saturation')}`)" if prior != "none" else ""
     return (
-        f"StepPrune: surrogate `{summary['surrogate']}`, {target}, floor min_k {summary['min_k']}, "
+        f"StepPrune: surrogate `{summary['surrogate']}`{prior_text}, {target}, floor min_k {summary['min_k']}, "
         f"T_max {summary['t_max']}.\n\n"
     )
 
@@ -118,7 +139,9 @@ def check_configs(parser: argparse.ArgumentParser, configs: Sequence[str], train
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--config", action="append", help=f"experiment YAML, repeatable: later files are deltas (default {EXPERIMENT})"
+        "--config",
+        action="append",
+        help=f"experiment YAML, repeatable: later files are deltas; replaces the default {' '.join(DEFAULT_CONFIGS)}",
     )
     parser.add_argument("--limit", type=int, default=500, help="test questions in the comparison")
     parser.add_argument("--out", default="reports/train_comparison")
@@ -132,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from steprune.recipes.build_base import build_base
     from steprune.training.cli import checkpoint_callbacks, train_main
 
-    configs = args.config or [EXPERIMENT]
+    configs = args.config or default_configs()
     check_configs(parser, configs, train_args)  # before the base: building it can take an hour
     timings: dict[str, float] = {}
     start = time.perf_counter()

@@ -262,19 +262,15 @@ def test_spearman():
 
 def test_make_train_end_to_end_on_the_micro_base(micro_base, tmp_path, monkeypatch):
     import shutil
-    from pathlib import Path
 
     from steprune.recipes.make_train import main as make_train
 
-    config = Path(__file__).resolve().parents[2] / "experiments" / "stepprune_world.yaml"
     out, _ = micro_base
     shutil.copytree(out, tmp_path / "artifacts" / "base")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the default configs are found from any working directory
     monkeypatch.setenv("STEPRUNE_HOME", str(tmp_path / "artifacts"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
-    args = [
-        "--config",
-        str(config),
+    args = [  # no --config: make train's default (removal surrogate, coverage prior, target K)
         "--limit",
         "4",
         "--trainer.max_steps=2",
@@ -306,9 +302,10 @@ def test_make_train_end_to_end_on_the_micro_base(micro_base, tmp_path, monkeypat
     assert adaptive["k_by_objects_max_over_min"] == pytest.approx(spread)
     assert (tmp_path / "reports" / "train_comparison_k.png").stat().st_size > 1000
     said = report["stepprune"]  # the table says which StepPrune it compared: surrogate, target, calibration
-    assert said["surrogate"] == "paper" and said["calibration"]["target_k"] == 4.0
+    assert said["surrogate"] == "removal" and said["prior"] == "coverage" and said["calibration"]["target_k"] == 4.0
     assert abs(said["calibration"]["mean_k"] - 4.0) <= 0.5 or not said["calibration"]["reachable"]
-    assert "surrogate `paper`, target mean K 4" in (tmp_path / "reports" / "train_comparison.md").read_text()
+    text = (tmp_path / "reports" / "train_comparison.md").read_text()
+    assert "surrogate `removal`, prior `coverage` (STOP `saturation`), target mean K 4" in text
     assert steprune["acc_ci"] is not None and "diff_retention_ci" in steprune
     assert "StepPrune adaptivity" in (tmp_path / "reports" / "train_comparison.md").read_text()
     buckets = report["k_buckets"]  # the paper's Fig. 4: every test question in exactly one K bucket
