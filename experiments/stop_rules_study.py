@@ -3,6 +3,7 @@
     python experiments/stop_rules_study.py 48 [saturation absolute relative remaining]
         -> reports/stepprune_stop_rules_k48.json  (N_CAL / N_TEST in the environment shrink the splits for a smoke run)
     python experiments/stop_rules_study.py --summary 48     # paired bootstrap against world_eval.json's rows
+    TAG=v5_ python experiments/stop_rules_study.py 16 saturation absolute   # -> reports/stepprune_stop_rules_v5_k16.json
 
 Rules, with s_t the score after t chosen tokens (g_t the largest marginal gain, f_t the coverage so far, f(V) the
 coverage of all tokens): saturation g_t / g_0 (what the untrained coverage prior's STOP computes), absolute g_t,
@@ -33,6 +34,7 @@ from steprune.pruners.contract import PrePrunerBase, PruneContext, PruneResult  
 from steprune.pruners.mmtok import default_coverage_t  # noqa: E402
 
 BASE = "artifacts/base"
+TAG = os.environ.get("TAG", "")  # a prefix of the output name, e.g. the base: "v5_"
 
 
 class RuleGreedy(PrePrunerBase):
@@ -142,13 +144,13 @@ def main() -> None:
             "k_per_question": list(ks),
         }
         print(rule, {k: v for k, v in out[rule].items() if k not in ("correct", "k_per_question")}, flush=True)
-        Path(f"reports/stepprune_stop_rules_k{k_star}.json").write_text(json.dumps(out))
+        Path(f"reports/stepprune_stop_rules_{TAG}k{k_star}.json").write_text(json.dumps(out))
 
 
 def summary(k: int) -> None:
     import numpy as np
 
-    rules = json.loads(Path(f"reports/stepprune_stop_rules_k{k}.json").read_text())
+    rules = json.loads(Path(f"reports/stepprune_stop_rules_{TAG}k{k}.json").read_text())
     world = json.loads(Path("reports/world_eval.json").read_text())
     rows = {(r["method"], r["budget"]): r for r in world["rows"] if "flops_match" not in r}
     van = np.array(rows[("vanilla", None)]["correct"], float)

@@ -1,4 +1,5 @@
-"""Figures: retention vs K (Pareto front) of a sweep, K histogram / adaptivity of a run, ablation bars.
+"""Figures: retention vs K (Pareto front) of a sweep, K histogram / adaptivity of a run, ablation bars, accuracy
+per K bucket (one run, or a grid of them).
 
     fig = retention_vs_k([(12.0, 0.91, 0), (20.0, 0.97, 1)], title="study x")
     MlflowClient().log_figure(run_id, fig, "figures/retention_vs_k.png")
@@ -107,21 +108,41 @@ def k_buckets(rows: Sequence[dict[str, Any]], title: str = "") -> Figure:
     """Accuracy per K bucket (the paper's Fig. 4) with 95 % intervals, beside the unpruned model on the same
     questions; rows from `steprune.eval.k_buckets.k_bucket_accuracy`."""
     fig = Figure(figsize=(6.5, 4), layout="constrained")
-    ax = fig.add_subplot()
+    draw_k_buckets(fig.add_subplot(), rows, title or "accuracy per K bucket")
+    return fig
+
+
+def k_buckets_grid(panels: Sequence[tuple[str, Sequence[dict[str, Any]]]], title: str = "") -> Figure:
+    """One `k_buckets` panel per (name, rows), side by side in rows of three (e.g. the seeds of a rate)."""
+    if not panels:
+        raise ValueError("k_buckets_grid needs at least one (name, rows) panel")
+    cols = min(3, len(panels))
+    grid_rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(5.0 * cols, 3.6 * grid_rows), layout="constrained")
+    axes = fig.subplots(grid_rows, cols, squeeze=False, sharey=True)
+    for ax, (name, rows) in zip(axes.flat, panels, strict=False):
+        draw_k_buckets(ax, rows, name)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def draw_k_buckets(ax: Any, rows: Sequence[dict[str, Any]], title: str) -> None:
+    """Bars of accuracy per K bucket with their intervals, the unpruned accuracy as a black tick, on `ax`."""
     labels = [f"{r['k_low']}-{r['k_high']}\n(n={r['n']})" for r in rows]
     x = list(range(len(rows)))
     acc = [100 * r["accuracy"] for r in rows]
     ci = [r["accuracy_ci"] or [r["accuracy"]] * 2 for r in rows]  # a one-question bucket has no interval
     low = [a - 100 * c[0] for a, c in zip(acc, ci, strict=True)]
     high = [100 * c[1] - a for a, c in zip(acc, ci, strict=True)]
-    err = [low, high]
-    ax.bar(x, acc, yerr=err, capsize=4, color="tab:blue", alpha=0.8, label="pruned")
+    ax.bar(x, acc, yerr=[low, high], capsize=4, color="tab:blue", alpha=0.8, label="pruned")
     ax.scatter(x, [100 * r["unpruned_accuracy"] for r in rows], c="k", marker="_", s=400, zorder=3,
                label="unpruned, same questions")  # fmt: skip
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_xlabel("K bucket (visual tokens kept)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(title or "accuracy per K bucket")
+    ax.set_title(title)
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3, axis="y")
-    return fig

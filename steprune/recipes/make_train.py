@@ -4,13 +4,14 @@
     python -m steprune.recipes.make_train --limit 200         # a smaller comparison
     python -m steprune.recipes.make_train --config experiments/stepprune_world.yaml \
         --config experiments/stepprune_removal.yaml --config experiments/stepprune_coverage_prior.yaml \
-        --config experiments/make_train.yaml --config experiments/budget_k48.yaml \
-        --out reports/train_comparison_k48                                   # 66.7 % pruning instead
+        --config experiments/stepprune_prior_absolute_d32.yaml --config experiments/make_train.yaml \
+        --config experiments/budget_k48.yaml --out reports/train_comparison_k48   # 66.7 % pruning instead
     python -m steprune.recipes.make_train --config experiments/stepprune_world.yaml   # the paper's surrogate
 
 1. the base model of the built-in world (`make base`; reused when present);
 2. StepPrune trained on it (`steprune train fit` with the configs of DEFAULT_CONFIGS — the removal surrogate,
-   kd 1, the coverage prior, aimed at a mean of 16 of the 144 tokens: experiments/make_train.yaml — and
+   kd 1, the coverage prior with its absolute-gain STOP, a 32-wide selector at lr 1e-4, aimed at a mean of 16
+   of the 144 tokens: experiments/stepprune_prior_absolute_d32.yaml, experiments/make_train.yaml — and
    `--ckpt_path last`: MLflow in sqlite:///mlruns.db, checkpoints/base-<fingerprint>/ — one directory per base
    model, so a rebuilt base starts a fresh run and the old checkpoints stay — resumes where it stopped; selector
    exported to artifacts/selector.safetensors);
@@ -38,6 +39,7 @@ DEFAULT_CONFIGS = (
     "experiments/stepprune_world.yaml",
     "experiments/stepprune_removal.yaml",
     "experiments/stepprune_coverage_prior.yaml",
+    "experiments/stepprune_prior_absolute_d32.yaml",
     "experiments/make_train.yaml",
 )
 REPOSITORY = Path(__file__).resolve().parents[2]  # the checkout the experiments/ directory belongs to

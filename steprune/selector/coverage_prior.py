@@ -29,7 +29,9 @@ Which STOP term (session 17, `reports/stepprune_coverage_prior_rates.md` §3, MM
 same calibrated mean K on 2,000 test questions): "absolute" retains +1.3 [+0.1, +2.5] points more than
 "saturation" at K* 48 and -0.2 [-1.5, +1.1] at K* 16, where its rho(K, objects) is 0.67 against 0.58. f is
 normalised (at most 1 + alpha per image), so one threshold on the gain means the same on every image: the rule
-that maximises the summed coverage for a total budget. "saturation" stays the default (the trained runs used it).
+that maximises the summed coverage for a total budget. "saturation" stays the class default (the v3 runs used it);
+`make train` uses "absolute" since session 22 (experiments/stepprune_prior_absolute_d32.yaml; on base v5 untrained
++1.3 / -0.8 / +1.1 points over saturation at K* 16 / 32 / 48, reports/stepprune_coverage_prior_rates.md §7).
 """
 
 from __future__ import annotations

@@ -305,7 +305,11 @@ def test_make_train_end_to_end_on_the_micro_base(micro_base, tmp_path, monkeypat
     assert said["surrogate"] == "removal" and said["prior"] == "coverage" and said["calibration"]["target_k"] == 4.0
     assert abs(said["calibration"]["mean_k"] - 4.0) <= 0.5 or not said["calibration"]["reachable"]
     text = (tmp_path / "reports" / "train_comparison.md").read_text()
-    assert "surrogate `removal`, prior `coverage` (STOP `saturation`), target mean K 4" in text
+    assert "surrogate `removal`, prior `coverage` (STOP `absolute`), target mean K 4" in text
+    from steprune.selector.selector import StepPruneSelector
+
+    exported = StepPruneSelector.load(tmp_path / "artifacts" / "selector.safetensors")  # the recipe of the default
+    assert exported.config["d_model"] == 32 and exported.config["prior_stop"] == "absolute"
     assert steprune["acc_ci"] is not None and "diff_retention_ci" in steprune
     assert "StepPrune adaptivity" in (tmp_path / "reports" / "train_comparison.md").read_text()
     buckets = report["k_buckets"]  # the paper's Fig. 4: every test question in exactly one K bucket
