@@ -3,7 +3,7 @@
     python experiments/stop_rules_study.py 48 [saturation absolute relative remaining]
         -> reports/stepprune_stop_rules_k48.json  (N_CAL / N_TEST in the environment shrink the splits for a smoke run)
     python experiments/stop_rules_study.py --summary 48     # paired bootstrap against world_eval.json's rows
-    TAG=v5_ python experiments/stop_rules_study.py 16 saturation absolute   # -> reports/stepprune_stop_rules_v5_k16.json
+    TAG=v5_ python experiments/stop_rules_study.py 16 saturation absolute  # -> ..._stop_rules_v5_k16.json
 
 Rules, with s_t the score after t chosen tokens (g_t the largest marginal gain, f_t the coverage so far, f(V) the
 coverage of all tokens): saturation g_t / g_0 (what the untrained coverage prior's STOP computes), absolute g_t,
