@@ -16,7 +16,9 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 
 def _time(row: dict) -> float | None:
@@ -172,37 +174,59 @@ def _per_step_ms(r: dict) -> float | None:
     return (rows[-1]["fast_ms"] - rows[0]["fast_ms"]) / (rows[-1]["budget"] - rows[0]["budget"])
 
 
+def curve_groups(rows: list[dict], batch: int) -> dict[str, list[str]]:
+    """Methods whose time curves at this batch are identical at every (N, fraction), merged under one label:
+    e.g. FastV, DART and SparseVLM drop at the same layer, so their extra full-length layers are one curve."""
+    by_curve: dict[tuple, list[str]] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["batch"] == batch and r["method"] == method]
+        key = tuple(sorted((r["n"], r["fraction"], _time(r)) for r in mine))
+        if any(t for *_, t in key):
+            by_curve.setdefault(key, []).append(method)
+    return {" = ".join(ms): ms for ms in by_curve.values()}
+
+
 def figure(report: dict) -> Figure:
     """Log-log selection time against N, one panel per batch: a line per method (solid: the smaller budget fraction,
-    dashed: the larger), the pruned prefill in black."""
+    dashed: the larger), each with its own colour and marker (tab20), coinciding curves merged into one legend
+    entry, the pruned prefill in thick black."""
     rows = report["rows"]
     batches = sorted({r["batch"] for r in rows})
-    fig = Figure(figsize=(6.5 * len(batches), 5), layout="constrained")
+    fractions = sorted({r["fraction"] for r in rows})
+    ns = sorted({r["n"] for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    colours = {m: f"C{i % 10}" if i < 10 else ("k", "0.5")[i % 2] for i, m in enumerate(methods)}
+    palette = colormaps["tab20"].colors
+    colours = {m: palette[2 * i if i < 10 else 2 * (i - 10) % 20 + 1] for i, m in enumerate(methods)}  # dark; light
+    markers = {m: "osD^v<>pPX*h"[i % 12] for i, m in enumerate(methods)}
+    fig = Figure(figsize=(7.5 * len(batches), 5.5), layout="constrained")
     for i, batch in enumerate(batches):
         ax = fig.add_subplot(1, len(batches), i + 1)
-        fractions = sorted({r["fraction"] for r in rows})
-        for j, fraction in enumerate(fractions):
-            style = "-" if j == 0 else "--"
-            here = [r for r in rows if r["batch"] == batch and r["fraction"] == fraction]
-            for method in methods:
-                points = sorted((r["n"], _time(r)) for r in here if r["method"] == method and _time(r))
+        for label, group in curve_groups(rows, batch).items():
+            method = group[0]
+            for j, fraction in enumerate(fractions):
+                points = sorted(
+                    (r["n"], _time(r))
+                    for r in rows
+                    if r["batch"] == batch and r["fraction"] == fraction and r["method"] == method and _time(r)
+                )
                 if points:
-                    ax.plot(*zip(*points, strict=True), style, marker="o", ms=3, color=colours[method],
-                            label=method if j == 0 else None)  # fmt: skip
+                    ax.plot(*zip(*points, strict=True), "-" if j == 0 else "--", marker=markers[method], ms=4,
+                            color=colours[method], label=label if j == 0 else None)  # fmt: skip
+        for j, fraction in enumerate(fractions):
+            here = [r for r in rows if r["batch"] == batch and r["fraction"] == fraction]
             prefill = sorted({(r["n"], r["prefill_ms"]) for r in here if r["prefill_ms"]})
             if prefill:
-                ax.plot(
-                    *zip(*prefill, strict=True), style, color="black", lw=2, label="pruned prefill" if j == 0 else None
-                )
+                ax.plot(*zip(*prefill, strict=True), "-" if j == 0 else "--", color="black", lw=2.5,
+                        label="pruned prefill" if j == 0 else None)  # fmt: skip
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the N measured, not 3x10^2 beside 4x10^2
         ax.set_xlabel("visual tokens N")
         ax.set_ylabel("ms (in-LLM: extra full-length layers)")
         ax.set_title(f"batch {batch}; solid K = {fractions[0]:.1%} of N, dashed {fractions[-1]:.1%}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
@@ -219,4 +243,4 @@ def print_summary(report: dict) -> None:
     Console().print(table)
 
 
-__all__: list[Any] = ["exponents", "figure", "markdown", "print_summary"]
+__all__: list[Any] = ["curve_groups", "exponents", "figure", "markdown", "print_summary"]

@@ -9,7 +9,7 @@ import torch
 
 from steprune.eval.peak_memory import peak_bytes
 from steprune.eval.scaling import main
-from steprune.eval.scaling_report import exponents
+from steprune.eval.scaling_report import curve_groups, exponents, figure
 from steprune.pruners import PRUNERS
 
 
@@ -47,6 +47,26 @@ def test_exponents_are_the_log_log_slopes():
     assert got[("quadratic", 1)]["n"] == pytest.approx(2.5, abs=0.01)  # N^2 * K^0.5 with K proportional to N
     assert got[("linear", 1)]["n"] == pytest.approx(1.5, abs=0.01)
     assert got[("linear", 1)]["k"] == pytest.approx(0.5, abs=0.02)  # rounding of K
+
+
+def test_figure_gives_every_curve_its_own_colour_and_merges_identical_ones():
+    rows = [
+        {"method": m, "batch": 1, "n": n, "budget": round(f * n), "fraction": f,
+         "kind": "in-llm" if m in "ab" else "pre-llm", "selection_ms": None if m in "ab" else n * (i + 1),
+         "extra_ms": float(n) if m in "ab" else None, "prefill_ms": 100.0 * n}
+        for i, m in enumerate("abcdefghijklm")
+        for n in (144, 576)
+        for f in (1 / 9, 1 / 3)
+    ]  # fmt: skip
+    groups = curve_groups(rows, 1)
+    assert groups["a = b"] == ["a", "b"]  # same curve at every (N, fraction): one legend entry
+    assert len(groups) == 12
+    ax = figure({"rows": rows}).axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels == [*groups, "pruned prefill"]
+    colours = [tuple(h.get_color()) if not isinstance(h.get_color(), str) else h.get_color() for h in handles]
+    assert len(set(colours)) == len(colours)  # 13 curves, 13 colours (the old C0-C9 cycle repeated after ten)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["144", "576"]
 
 
 def test_peak_memory_counts_live_tensor_bytes_on_cpu():
