@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from steprune.eval.base_label import base_facts, base_line
 from steprune.eval.report_figures import ablation_bars, k_histogram
 from steprune.sweeps.spec import AblationSpec, SweepConfigError, load_spec
 from steprune.sweeps.tracking import Tracker
@@ -45,6 +46,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 class Ablation:
     def __init__(self, spec: AblationSpec) -> None:
         self.spec = spec
+        self.bases: dict[str, str | None] = {}  # "variant/seedN" -> the cell's base path; fingerprints below
+        self.fingerprints: dict[str, str | None] = {}
         self.tracker = Tracker(spec.mlflow.tracking_uri, spec.mlflow.experiment)
         self.parent = self.tracker.parent_run(
             {"ablation.grid": spec.name},
@@ -72,6 +75,11 @@ class Ablation:
         run_id = self.tracker.child_run(self.parent, f"{variant}-seed{seed}", tags, overrides)
         try:
             result = train_run(self.request(variant, seed, run_id, extra_args))
+            facts = base_facts(result.backbone) or {}
+            self.bases[f"{variant}/seed{seed}"] = str(result.backbone)
+            self.fingerprints[f"{variant}/seed{seed}"] = facts.get("weights_sha256")
+            if facts.get("weights_sha256"):
+                self.tracker.client.set_tag(run_id, "base.weights_sha256", facts["weights_sha256"])
             metrics = {k: v for k, v in result.metrics.items() if k.startswith("val/")}  # logged by Lightning
             self.tracker.log_final(run_id, metrics, fallback_step=result.global_step)
             if spec.test_limit > 0:
@@ -128,6 +136,8 @@ class Ablation:
                 run = self.finished(variant, seed)
                 if run is not None:
                     cells[variant][seed] = dict(run.data.metrics)
+                    self.bases[f"{variant}/seed{seed}"] = run.data.params.get("backbone")
+                    self.fingerprints[f"{variant}/seed{seed}"] = run.data.tags.get("base.weights_sha256")
                     reused += 1
                     continue
                 try:
@@ -136,11 +146,22 @@ class Ablation:
                     errors[f"{variant}/seed{seed}"] = f"{type(error).__name__}: {error}"
                     log.warning("ablation cell %s seed %d FAILED: %s", variant, seed, error)
         report = summarise(spec, cells)
-        report.update(reused=reused, errors=errors, parent_run_id=self.parent)
+        report.update(reused=reused, errors=errors, parent_run_id=self.parent, **self.base_record())
         self.save(report)
         if not errors and all(len(c) == len(spec.seeds) for c in cells.values()):
             self.tracker.finish(self.parent, "FINISHED")
         return report
+
+    def base_record(self) -> dict[str, Any]:
+        """The base every cell was trained on (its facts now), and the cells whose recorded fingerprint differs."""
+        paths = {p for p in self.bases.values() if p}
+        if len(paths) != 1:
+            return {"base": None, "bases": sorted(paths), "base_mismatch": []}
+        facts = base_facts(next(iter(paths)))
+        now = (facts or {}).get("weights_sha256")
+        mismatch = sorted(cell for cell, sha in self.fingerprints.items() if sha and now and sha != now)
+        unrecorded = sorted(cell for cell, sha in self.fingerprints.items() if not sha)
+        return {"base": facts, "base_mismatch": mismatch, "base_unrecorded": unrecorded}
 
     def save(self, report: dict[str, Any]) -> None:
         out = Path(self.spec.out)
@@ -196,6 +217,7 @@ def summarise(spec: AblationSpec, cells: dict[str, dict[int, dict[str, float]]])
             )
     return {
         "grid": spec.name,
+        "test_limit": spec.test_limit,
         "seeds": list(spec.seeds),
         "metrics": spec.metrics,
         "reference": spec.reference,
@@ -206,7 +228,19 @@ def summarise(spec: AblationSpec, cells: dict[str, dict[int, dict[str, float]]])
 
 def markdown(report: dict[str, Any]) -> str:
     metric, k = report["metrics"]["retention"], report["metrics"]["k"]
-    lines = [
+    header = [base_line(report.get("base")).rstrip()] if report.get("base") else []
+    if report.get("bases"):
+        header.append(f"Cells trained on {len(report['bases'])} different bases: {', '.join(report['bases'])}")
+    if report.get("base_mismatch"):
+        header.append(f"**Rebuilt since**: the base's weights changed after cells {', '.join(report['base_mismatch'])}")
+    if report.get("base_unrecorded"):
+        count = len(report["base_unrecorded"])
+        header.append(f"{count} cell(s) ran before cells recorded the base's fingerprint: their base is named by path.")
+    if report.get("test_limit"):
+        per_cell = f"{report['test_limit']} test questions of the built-in world per cell"
+        header.append(f"{per_cell}; mean ± sample std over seeds.")
+    lines = [line for text in header for line in (text, "")]
+    lines += [
         f"| variant | seeds | {metric} mean ± std (%) | {k} mean ± std |",
         "|---|---|---|---|",
     ]

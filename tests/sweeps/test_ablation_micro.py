@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import yaml
 from mlflow import MlflowClient
 
+from steprune.eval.base_label import base_facts
 from steprune.sweeps.ablation import ablate_main, summarise
 from steprune.sweeps.spec import parse_ablation
 from tests.sweeps.conftest import EXPERIMENT, micro_train_args
@@ -39,7 +41,8 @@ def test_micro_ablation_runs_summarises_and_resumes(micro_base_dir, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    config = _grid(tmp_path, micro_base_dir)
+    base = shutil.copytree(micro_base_dir, tmp_path / "base")  # a copy of our own: its build_info changes below
+    config = _grid(tmp_path, base)
     assert ablate_main(["--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "ablation micro_grid" in out and "full > last_step" in out
@@ -48,7 +51,11 @@ def test_micro_ablation_runs_summarises_and_resumes(micro_base_dir, tmp_path, mo
     assert set(rows) == {"full", "last_step"} and all(r["seeds"] == [0, 1] for r in rows.values())
     assert all(r["retention_mean"] >= 0 and r["retention_std"] >= 0 and r["k_mean"] > 0 for r in rows.values())
     assert [c["claim"] for c in report["paper_ordering"]] == ["full > last_step"]
-    assert "| full | 2 |" in (tmp_path / "reports" / "ablation_micro.md").read_text()
+    text = (tmp_path / "reports" / "ablation_micro.md").read_text()
+    assert "| full | 2 |" in text
+    sha = base_facts(base)["weights_sha256"]
+    assert report["base"]["weights_sha256"] == sha and not report["base_mismatch"] and not report["base_unrecorded"]
+    assert text.startswith("Base: ") and sha[:12] in text.splitlines()[0] and "4 test questions" in text
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("ablation-micro")
@@ -72,10 +79,16 @@ def test_micro_ablation_runs_summarises_and_resumes(micro_base_dir, tmp_path, mo
         assert "figures/k_histogram.png" in {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"ablation.md", "ablation.json"} <= {a.path for a in client.list_artifacts(parent[0].info.run_id)}
 
-    # a rerun trains nothing: every cell finished; the table is rebuilt from MLflow
+    # a rerun trains nothing: every cell finished; the table is rebuilt from MLflow. The base was "rebuilt" in
+    # between (another weights fingerprint in its build_info), so the report says which cells predate it
+    info = json.loads((base / "build_info.json").read_text())
+    info["weights_sha256"] = {"model.safetensors": "0" * 64}
+    (base / "build_info.json").write_text(json.dumps(info))
     assert ablate_main(["--config", str(config)]) == 0
     again = json.loads((tmp_path / "reports" / "ablation_micro.json").read_text())
     assert again["reused"] == 4 and again["rows"] == report["rows"]
+    assert len(again["base_mismatch"]) == 4
+    assert "Rebuilt since" in (tmp_path / "reports" / "ablation_micro.md").read_text()
     assert len(client.search_runs([experiment.experiment_id])) == 5
 
 
